@@ -1,0 +1,1 @@
+"""The papers' experiments: gradient flow, ResNet-vs-plain comparisons, degradation, report."""

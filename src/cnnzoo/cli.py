@@ -1,0 +1,59 @@
+"""The ``cnnzoo`` command line. Each subcommand lives in ``cnnzoo/commands/<name>.py`` and
+exposes ``add_parser(subparsers)`` (which sets ``func``); heavy imports happen inside ``func``,
+so ``cnnzoo --help`` stays fast.
+
+Exit codes: 0 success, 1 a failure while running (e.g. training diverged), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cnnzoo.errors import TrainingDiverged, UserError
+
+COMMANDS = (
+    "models",
+    "train",
+    "eval",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other user error
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cnnzoo", description=__doc__.splitlines()[0])
+    from cnnzoo import __version__
+
+    parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"cnnzoo.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``cnnzoo`` command line, one module each (see ``cnnzoo.cli``)."""

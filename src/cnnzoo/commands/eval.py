@@ -1,0 +1,110 @@
+"""``cnnzoo eval CHECKPOINT``: test accuracy, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
+    p.add_argument("checkpoint", help="a .pt file, or a run directory (uses its best.pt)")
+    p.add_argument("--data", help="dataset location or 'synthetic' (default: as trained)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--out", help="folder for confusion.csv/.png (default: beside the checkpoint)")
+    p.add_argument("--tta", action="store_true", help="average with the mirror image")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=run)
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str | None = None,
+    device: str = "auto",
+    tta: bool = False,
+    batch_size: int = 1000,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on its dataset's test split; returns accuracy, per-class, confusion."""
+    import torch
+
+    from cnnzoo.data import TensorLoader, load_dataset
+    from cnnzoo.errors import UserError
+    from cnnzoo.train import load_checkpoint, model_from_checkpoint
+    from cnnzoo.train.engine import evaluate
+    from cnnzoo.train.runtime import autocast, resolve_device, resolve_precision
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.get("config", {})
+    ds = load_dataset(cfg.get("dataset", "cifar10"), data if data else cfg.get("data"), quiet=True)
+    if ds.num_classes != ckpt["num_classes"]:
+        raise UserError(
+            f"the checkpoint has {ckpt['num_classes']} classes, the data {ds.num_classes}"
+        )
+    dev = resolve_device(device)
+    precision = resolve_precision("auto", dev)
+    model = model_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last)
+    loader = TensorLoader(ds.test_x, ds.test_y, batch_size, ds.mean, ds.std, device=dev)
+    res = evaluate(model, loader, ds.num_classes, lambda: autocast(dev, precision), tta=tta)
+    conf = res.confusion
+    per_class = (conf.diag().double() / conf.sum(1).clamp(min=1).double()).tolist()
+    return {
+        "checkpoint": str(checkpoint),
+        "model": ckpt["model_name"],
+        "dataset": ds.name,
+        "accuracy": res.acc,
+        "loss": res.loss,
+        "count": res.count,
+        "classes": ds.classes,
+        "per_class": dict(zip(ds.classes, per_class, strict=True)),
+        "confusion": conf.tolist(),
+    }
+
+
+def write_confusion(result: dict[str, Any], out: Path) -> list[Path]:
+    """confusion.csv and confusion.png (rows: true class, columns: predicted)."""
+    from cnnzoo.analysis.plots import plot_confusion
+
+    out.mkdir(parents=True, exist_ok=True)
+    classes = result["classes"]
+    path = out / "confusion.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true\\predicted", *classes])
+        for name, row in zip(classes, result["confusion"], strict=True):
+            w.writerow([name, *row])
+    return [
+        path,
+        *plot_confusion(
+            result["confusion"],
+            classes,
+            out / "confusion.png",
+            title=f"{result['model']}: test accuracy {result['accuracy']:.2%}",
+        ),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.tta, args.batch_size)
+    ckpt_path = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent)
+    written = write_confusion(result, out / "eval")
+    if args.format == "json":
+        keys = ("accuracy", "per_class", "confusion", "model", "dataset", "count", "loss")
+        json.dump({k: result[k] for k in keys}, sys.stdout, indent=2)
+        print()
+    else:
+        print(
+            f"{result['model']} on {result['dataset']} test ({result['count']} images): "
+            f"accuracy {result['accuracy']:.4f}"
+        )
+        for name, acc in result["per_class"].items():
+            print(f"  {name:<12} {acc:.4f}")
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0

@@ -1,0 +1,78 @@
+"""``cnnzoo models [PATTERN] [--format table|csv|json]``: the registered models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import Any
+
+FIELDS = ("name", "params", "flops", "depth", "year", "paper", "key_feature")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list registered models with parameters and FLOPs")
+    p.add_argument("pattern", nargs="?", help="glob filter, e.g. 'resnet*'")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--plot", metavar="PNG", help="also draw a parameters/FLOPs bar chart")
+    p.set_defaults(func=run)
+
+
+def model_rows(pattern: str | None = None, num_classes: int = 10) -> list[dict[str, Any]]:
+    """One row per model: built once on the CPU to count parameters and FLOPs."""
+    from cnnzoo.errors import UserError
+    from cnnzoo.models import count_flops, count_params, create_model, list_models, model_info
+
+    names = list_models(pattern)
+    if not names:
+        raise UserError(f"no model matches {pattern!r}")
+    rows = []
+    for name in names:
+        info = model_info(name)
+        model = create_model(name, num_classes=num_classes)
+        rows.append(
+            {
+                "name": name,
+                "params": count_params(model),
+                "flops": count_flops(model),
+                "depth": info.depth,
+                "year": info.year,
+                "paper": info.paper,
+                "key_feature": info.key_feature,
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = model_rows(args.pattern)
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        print(
+            "FLOPs: forward pass of one 3x32x32 image, 2 x multiply-accumulates "
+            "(convolutions and linear layers, counted by torch FlopCounterMode)"
+        )
+        head = (
+            f"{'name':<11} {'params':>12} {'GFLOPs':>8} {'depth':>5} {'year':>4}  "
+            "paper / key feature"
+        )
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            print(
+                f"{r['name']:<11} {r['params']:>12,} {r['flops'] / 1e9:>8.3f} {r['depth']:>5} "
+                f"{r['year']:>4}  {r['paper']}: {r['key_feature']}"
+            )
+    if getattr(args, "plot", None):
+        from cnnzoo.analysis.zoo import plot_zoo
+
+        for path in plot_zoo(rows, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0

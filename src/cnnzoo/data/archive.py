@@ -1,0 +1,109 @@
+"""Safe reading of tar archives and checked downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cnnzoo.errors import UserError
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_member(member: tarfile.TarInfo) -> None:
+    """Refuse absolute paths, ``..`` components, and links or special files.
+
+    CIFAR archives hold only regular files and folders, so anything else is refused outright.
+    """
+    name = member.name
+    norm = posixpath.normpath(name)
+    if name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        raise UserError(f"unsafe archive member {name!r}: absolute path")
+    if norm == ".." or norm.startswith("../") or "/../" in f"/{name}/":
+        raise UserError(f"unsafe archive member {name!r}: path leaves the target folder")
+    if not (member.isfile() or member.isdir()):
+        raise UserError(f"unsafe archive member {name!r}: links and special files are refused")
+
+
+def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
+    """Return the bytes of members whose base name is in ``wanted``; check every member first.
+
+    Nothing is written to disk, so extraction cannot escape any folder; members are still checked
+    so that a crafted archive is reported rather than half-read.
+    """
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = tar.getmembers()  # reads the whole archive: truncation shows up here
+            for m in members:
+                check_member(m)
+            for m in members:
+                base = posixpath.basename(m.name)
+                if m.isfile() and base in wanted:
+                    f = tar.extractfile(m)
+                    assert f is not None
+                    out[base] = f.read()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        raise UserError(f"cannot read archive {path}: {err} (truncated or corrupt?)") from None
+    return out
+
+
+def safe_extract(path: Path, dest: Path) -> None:
+    """Extract a tar archive into ``dest`` after checking every member (see ``check_member``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                check_member(m)
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise UserError(f"cannot extract archive {path}: {err}") from None
+
+
+def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
+    """Download ``url`` to ``dest`` (temp file + rename) with a progress bar; check its md5."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            bar = tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=dest.name,
+                disable=quiet,
+                file=sys.stderr,
+            )
+            while block := resp.read(1 << 20):
+                out.write(block)
+                bar.update(len(block))
+            bar.close()
+        got = md5sum(tmp)
+        if got != md5:
+            raise UserError(f"downloaded {url} has md5 {got}, expected {md5}; not kept")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as err:
+        raise UserError(
+            f"could not download {url} ({err}); you may be offline — put the archive at {dest} "
+            "or pass --data PATH"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)

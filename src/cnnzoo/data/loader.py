@@ -1,0 +1,156 @@
+"""A loader over uint8 tensors in memory with augmentation as batched tensor ops.
+
+No per-image Python: an epoch's random choices (order, crop offsets, flips, cutout centres) are
+drawn up front from a generator seeded by (seed, epoch), so an epoch is the same whether it runs
+in one go, after a resume, or split over several ranks (each rank takes a strided shard of the
+same permutation, as ``DistributedSampler`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop with ``pad`` zero padding + horizontal flip (+ optional cutout)."""
+
+    pad: int = 4
+    flip: bool = True
+    cutout: int = 0  # side of the square zeroed at a random centre; 0 = off
+
+
+def normalize(
+    x: Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = True
+) -> Tensor:
+    """uint8 NHWC (N,H,W,3) -> float32 NCHW normalised; channels_last keeps NHWC memory order."""
+    m = torch.tensor(mean, device=x.device)
+    s = torch.tensor(std, device=x.device)
+    out = (x.float() * (1.0 / 255.0) - m) / s  # broadcast over the last (channel) dim
+    out = out.permute(0, 3, 1, 2)  # a channels_last-strided NCHW view
+    return out if channels_last else out.contiguous()
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def augment_batch(
+    x: Tensor, dx: Tensor, dy: Tensor, flip: Tensor, cut: Tensor | None, aug: Augment
+) -> Tensor:
+    """x: uint8 (B,H,W,C); dx, dy in [0, 2·pad]; flip bool (B,); cut (B,2) centres or None."""
+    b, h, w, _ = x.shape
+    if aug.pad:
+        padded = F.pad(x, (0, 0, aug.pad, aug.pad, aug.pad, aug.pad))  # (B, H+2p, W+2p, C)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+        x = padded[torch.arange(b, device=x.device)[:, None, None], rows, cols]  # (B, H, W, C)
+    if aug.flip:
+        x = torch.where(flip[:, None, None, None], x.flip(2), x)
+    if aug.cutout and cut is not None:
+        r = torch.arange(h, device=x.device)
+        c = torch.arange(w, device=x.device)
+        half = aug.cutout // 2
+        in_r = (r[None, :] - cut[:, :1]).abs() <= half - (aug.cutout % 2 == 0)  # (B, H)
+        in_c = (c[None, :] - cut[:, 1:]).abs() <= half - (aug.cutout % 2 == 0)  # (B, W)
+        hole = in_r[:, :, None] & in_c[:, None, :]
+        x = x.masked_fill(hole[..., None], 0)
+    return x
+
+
+class TensorLoader:
+    """Iterate (images, labels) batches over uint8 NHWC tensors.
+
+    ``batch_size`` is per rank. With ``world_size > 1`` each rank sees a disjoint shard of the
+    epoch's permutation: padded to a multiple of the world size for training (as
+    ``DistributedSampler``), unpadded for evaluation so every item is counted exactly once.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        train: bool = False,
+        augment: Augment | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.train, self.augment, self.seed = train, augment, seed
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> Tensor:
+        n = self.x.shape[0]
+        if not self.train:
+            return torch.arange(self.rank, n, self.world_size)
+        perm = torch.randperm(n, generator=_epoch_generator(self.seed, self.epoch))
+        perm = torch.cat(
+            [perm, perm[: self._padded_total() - n]]
+        )  # pad so every rank gets the same count
+        return perm[self.rank :: self.world_size]
+
+    def _padded_total(self) -> int:
+        n = self.x.shape[0]
+        return -(-n // self.world_size) * self.world_size
+
+    def __len__(self) -> int:
+        if self.train:  # drop the last partial batch: a batch of 1 breaks BatchNorm
+            return (self._padded_total() // self.world_size) // self.batch_size
+        return -(-len(range(self.rank, self.x.shape[0], self.world_size)) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = self._indices()
+        aug = self.augment if self.train else None
+        if aug:
+            # this rank's positions within the padded epoch permutation, and their draws
+            pos = torch.arange(self.rank, self._padded_total(), self.world_size)
+            params = [p[pos] if p is not None else None for p in self._draw_aug(aug)]
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            bi = idx[sl].to(self.device)
+            xb = self.x[bi]
+            if aug:
+                dx, dy, fl, cut = (p[sl].to(self.device) if p is not None else None for p in params)
+                xb = augment_batch(xb, dx, dy, fl, cut, aug)
+            yield normalize(xb, self.mean, self.std, self.channels_last), self.y[bi]
+
+    def _draw_aug(self, aug: Augment) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Random crop offsets, flips and cutout centres for every position of the epoch."""
+        total = self._padded_total()
+        g = _epoch_generator(self.seed + 7919, self.epoch)  # a stream apart from the order's
+        dx = torch.randint(0, 2 * aug.pad + 1, (total,), generator=g)
+        dy = torch.randint(0, 2 * aug.pad + 1, (total,), generator=g)
+        flip = torch.rand(total, generator=g) < 0.5
+        h, w = self.x.shape[1:3]
+        cut = None
+        if aug.cutout:
+            cut = torch.stack(
+                [
+                    torch.randint(0, h, (total,), generator=g),
+                    torch.randint(0, w, (total,), generator=g),
+                ],
+                dim=1,
+            )
+        return dx, dy, flip, cut

@@ -1,0 +1,132 @@
+"""One training epoch and one evaluation pass; the trainer composes them."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cnnzoo.errors import TrainingDiverged
+from cnnzoo.train.runtime import DistInfo, all_reduce_sum
+
+CHECK_EVERY = 20  # steps between checks that the loss is finite (each check syncs the device)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    seconds: float
+    images: int  # over all ranks
+
+    @property
+    def img_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    count: int
+    confusion: Tensor | None  # (classes, classes): rows true, columns predicted
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    amp: Callable[[], contextlib.AbstractContextManager],
+    set_lr: Callable[[], float],
+    scaler: torch.amp.GradScaler | None = None,
+    after_step: Callable[[], None] | None = None,
+    dist_info: DistInfo | None = None,
+    on_batch: Callable[[float, float, int], None] | None = None,
+) -> EpochStats:
+    """Train over ``batches`` once. ``set_lr`` sets and returns the step's learning rate;
+    ``after_step`` runs after each optimizer step (the weight average, say)."""
+    model.train()
+    device = next(model.parameters()).device
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    start = time.perf_counter()
+    for step, (x, y) in enumerate(batches):
+        set_lr()
+        with amp():
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if after_step is not None:
+            after_step()
+        with torch.no_grad():
+            n = y.numel()
+            totals += torch.stack(
+                [
+                    loss.detach().double() * n,
+                    (logits.argmax(1) == y).sum().double(),
+                    torch.tensor(float(n), device=device, dtype=torch.float64),
+                ]
+            )
+        if (step + 1) % CHECK_EVERY == 0 or on_batch is not None:
+            loss_sum, correct, count = totals.tolist()
+            _check_finite(loss_sum, step)
+            if on_batch is not None:
+                on_batch(loss_sum / count, correct / count, int(count))
+    seconds = time.perf_counter() - start
+    _check_finite(totals[0].item(), -1)
+    all_reduce_sum(totals, dist_info or DistInfo())
+    loss_sum, correct, count = totals.tolist()
+    return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), seconds, int(count))
+
+
+def _check_finite(loss_sum: float, step: int) -> None:
+    if not torch.isfinite(torch.tensor(loss_sum)):
+        where = f" at step {step + 1} of this epoch" if step >= 0 else ""
+        raise TrainingDiverged(
+            f"the training loss became {loss_sum}{where}; lower --lr "
+            "(the last good checkpoint is kept)"
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+    amp: Callable[[], contextlib.AbstractContextManager],
+    tta: bool = False,
+    dist_info: DistInfo | None = None,
+) -> EvalResult:
+    """Loss, accuracy and confusion matrix over ``batches`` (summed over ranks).
+    With ``tta`` the logits of each image and its mirror image are averaged."""
+    model.eval()
+    device = next(model.parameters()).device
+    totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, count
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for x, y in batches:
+        with amp():
+            logits = model(x).float()
+            if tta:
+                logits = 0.5 * (logits + model(x.flip(3)).float())
+        totals[0] += criterion(logits, y).double()
+        totals[1] += y.numel()
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=confusion.numel())
+    info = dist_info or DistInfo()
+    all_reduce_sum(totals, info)
+    all_reduce_sum(confusion, info)
+    conf = confusion.view(num_classes, num_classes).cpu()
+    count = int(totals[1].item())
+    acc = conf.diag().sum().item() / max(count, 1)
+    return EvalResult(totals[0].item() / max(count, 1), acc, count, conf)

@@ -1,0 +1,369 @@
+"""``train(TrainConfig) -> RunResult``: the one training loop every command uses."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnzoo.data import Augment, TensorLoader, load_dataset, stratified_split
+from cnnzoo.errors import UserError
+from cnnzoo.models import create_model, model_info
+from cnnzoo.train import checkpoint as ckpt_io
+from cnnzoo.train.config import TrainConfig, lr_at
+from cnnzoo.train.ema import EMA
+from cnnzoo.train.engine import evaluate, train_epoch
+from cnnzoo.train.progress import Progress
+from cnnzoo.train.rundir import append_jsonl, read_metrics, write_json, write_metrics
+from cnnzoo.train.runtime import (
+    DistInfo,
+    autocast,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    best_val_acc: float | None
+    best_epoch: int
+    test_acc: float  # of the checkpoint chosen by validation accuracy (best.pt)
+    test_acc_last: float  # of the final weights
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResult:
+    """Train ``cfg.model``; with ``resume`` continue the run in that directory exactly where its
+    last checkpoint stopped (model, optimizer, schedule position, RNG state, epoch counter)."""
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        state = ckpt_io.load_checkpoint(Path(resume) / "last.pt")
+        cfg = TrainConfig.from_dict(state["config"])
+        cfg.out = str(resume)
+    cfg.validate()
+    model_info(cfg.model)  # unknown names fail here, before any data is read
+
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size % dist.world_size:
+        raise UserError(f"--batch-size {cfg.batch_size} must divide by {dist.world_size} ranks")
+    out = _prepare_out_dir(cfg, dist, resuming=state is not None)
+
+    # ---- data: train / val / test as uint8 tensors ------------------------------------------
+    data = load_dataset(cfg.dataset, cfg.data, quiet=cfg.quiet or not dist.is_main)
+    n_total = data.train_x.shape[0]
+    n_val = cfg.val if cfg.val is not None else n_total // 10
+    if n_val >= n_total:
+        raise UserError(f"--val {n_val} leaves no training images (the set has {n_total})")
+    train_idx, val_idx = stratified_split(data.train_y, n_val, seed=cfg.seed)
+    if cfg.subset is not None:
+        train_idx = train_idx[: cfg.subset]
+    if cfg.batch_size > train_idx.numel():
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is larger than the training set "
+            f"({train_idx.numel()} images)"
+        )
+    per_rank = cfg.batch_size // dist.world_size
+    aug = Augment(pad=4, flip=True, cutout=cfg.cutout) if cfg.augment else None
+    common = dict(
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        channels_last=cfg.channels_last,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    train_loader = TensorLoader(
+        data.train_x[train_idx],
+        data.train_y[train_idx],
+        per_rank,
+        train=True,
+        augment=aug,
+        seed=cfg.seed,
+        **common,
+    )
+    val_loader = (
+        TensorLoader(data.train_x[val_idx], data.train_y[val_idx], cfg.eval_batch_size, **common)
+        if n_val
+        else None
+    )
+    test_loader = TensorLoader(data.test_x, data.test_y, cfg.eval_batch_size, **common)
+
+    # ---- model, optimizer ---------------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+    if cfg.sync_bn and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device, memory_format=_memory_format(cfg))
+    optimizer = torch.optim.SGD(
+        _param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    start_epoch, step, best_acc, best_epoch = 0, 0, -1.0, 0
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_acc, best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
+        _set_rng_state(state["rng"])
+        history = [r for r in read_metrics(out) if r["epoch"] <= start_epoch]
+
+    net: nn.Module = model
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    def amp():
+        return autocast(device, precision)
+
+    def set_lr() -> float:
+        nonlocal step
+        lr = lr_at(cfg, step, total_steps, steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step += 1
+        return lr
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    resolved = {
+        **cfg.to_dict(),
+        "out": str(out),
+        "device": str(device),
+        "precision": precision,
+        "val": n_val,
+        "world_size": dist.world_size,
+        "train_images": train_idx.numel(),
+        "steps_per_epoch": steps_per_epoch,
+        "torch": torch.__version__,
+    }
+    progress = Progress(cfg.epochs, quiet=cfg.quiet, enabled=dist.is_main)
+    writer = _tensorboard(out, cfg, progress) if dist.is_main else None
+    if dist.is_main:
+        write_json(out / "config.json", resolved)
+        if cfg.record_gradflow and start_epoch == 0:
+            _record_gradflow(model, train_loader, criterion, amp, out, epoch=0)
+        progress.log(
+            f"training {cfg.model} on {data.name} ({train_idx.numel()} train / {n_val} val) "
+            f"for {cfg.epochs} epochs on {device} ({precision}, {dist.world_size} rank(s)) -> {out}"
+        )
+
+    meta = {
+        "model_name": cfg.model,
+        "model_kwargs": dict(cfg.model_kwargs),
+        "num_classes": data.num_classes,
+        "classes": list(data.classes),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "config": cfg.to_dict(),
+        "format": ckpt_io.FORMAT,
+    }
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        train_loader.set_epoch(epoch)
+        progress.start_epoch(epoch, steps_per_epoch)
+        stats = train_epoch(
+            net,
+            train_loader,
+            optimizer,
+            criterion,
+            amp,
+            set_lr,
+            scaler,
+            after_step=(lambda: ema.update(model)) if ema else None,
+            dist_info=dist,
+            on_batch=progress.batch if progress.wants_batches else None,
+        )
+        eval_model = ema.module if ema else model
+        val = (
+            evaluate(eval_model, val_loader, data.num_classes, amp, cfg.tta, dist)
+            if val_loader
+            else None
+        )
+        row = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": stats.loss,
+            "train_acc": stats.acc,
+            "val_loss": val.loss if val else None,
+            "val_acc": val.acc if val else None,
+            "seconds": stats.seconds,
+            "img_per_s": stats.img_per_s,
+        }
+        history.append(row)
+        # Without a validation set the latest epoch counts as the best (no test-set selection).
+        score = val.acc if val else float(epoch)
+        improved = score > best_acc
+        if improved:
+            best_acc, best_epoch = score, epoch
+        if dist.is_main:
+            weights = (ema.module if ema else model).state_dict()
+            full = {
+                **meta,
+                "epoch": epoch,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.state_dict() if ema else None,
+                "rng": _get_rng_state(),
+                "best_val_acc": best_acc,
+                "best_epoch": best_epoch,
+            }
+            if improved:  # best.pt holds the weights that are evaluated (EMA when enabled)
+                ckpt_io.save_atomic(
+                    {**meta, "epoch": epoch, "model": weights, "val_acc": row["val_acc"]},
+                    out / "best.pt",
+                )
+            ckpt_io.save_atomic(full, out / "last.pt")  # last: the resume point
+            write_metrics(out, history)
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch" and v is not None:
+                        writer.add_scalar(k, v, epoch)
+            if cfg.record_gradflow:
+                _record_gradflow(model, train_loader, criterion, amp, out, epoch=epoch)
+            progress.end_epoch(row)
+        barrier(dist)
+
+    # ---- test: the checkpoint chosen on validation, and the final weights --------------------
+    final_model = ema.module if ema else model
+    test_last = evaluate(final_model, test_loader, data.num_classes, amp, cfg.tta, dist)
+    best_state = ckpt_io.load_checkpoint(out / "best.pt")["model"]
+    best_model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+    best_model = best_model.to(device, memory_format=_memory_format(cfg))
+    best_model.load_state_dict(best_state)
+    test_best = evaluate(best_model, test_loader, data.num_classes, amp, cfg.tta, dist)
+    seconds = time.perf_counter() - run_start + sum(r["seconds"] for r in history[:start_epoch])
+    result = RunResult(
+        out,
+        best_acc if val_loader else None,
+        best_epoch,
+        test_best.acc,
+        test_last.acc,
+        seconds,
+        history,
+    )
+    if dist.is_main:
+        write_json(
+            out / "summary.json",
+            {
+                "model": cfg.model,
+                "dataset": data.name,
+                "epochs": cfg.epochs,
+                "best_epoch": best_epoch,
+                "best_val_acc": result.best_val_acc,
+                "test_acc": test_best.acc,
+                "test_acc_last": test_last.acc,
+                "test_loss": test_best.loss,
+                "train_seconds": sum(r["seconds"] for r in history),
+                "mean_img_per_s": float(np.mean([r["img_per_s"] for r in history])),
+                "params": sum(p.numel() for p in model.parameters()),
+            },
+        )
+        progress.log(
+            f"done: best val acc {result.best_val_acc if val_loader else float('nan'):.4f} "
+            f"(epoch {best_epoch}), test acc {test_best.acc:.4f} (best.pt), "
+            f"{test_last.acc:.4f} (final) -> {out}"
+        )
+        if writer is not None:
+            writer.close()
+    return result
+
+
+def _memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    if not cfg.no_bn_weight_decay:
+        return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # BN weights/biases and all biases
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _prepare_out_dir(cfg: TrainConfig, dist: DistInfo, resuming: bool) -> Path:
+    """Create the run directory on rank 0; never reuse a non-empty one unless resuming."""
+    if cfg.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg.out = str(broadcast_object(f"runs/{cfg.model}-{stamp}", dist))
+    out = Path(cfg.out)
+    if not resuming and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(
+            f"{out} already exists; pass --resume {out} to continue it, or another --out"
+        )
+    barrier(dist)  # every rank has checked before rank 0 creates anything
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise UserError(f"cannot write to {out}: {err.strerror}") from None
+    barrier(dist)
+    return out
+
+
+def _get_rng_state() -> dict[str, Any]:
+    # Only torch's generators drive training (dropout); the data order and augmentation are
+    # drawn from generators seeded by (seed, epoch) and need no saved state.
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _record_gradflow(model, loader, criterion, amp, out: Path, epoch: int) -> None:
+    from cnnzoo.analysis.gradflow import conv_grad_norms
+
+    x, y = next(iter(loader))  # the first batch of the current epoch's order
+    layers, norms = conv_grad_norms(model, x, y, criterion=criterion, amp=amp)
+    append_jsonl(out / "gradflow.jsonl", {"epoch": epoch, "layers": layers, "norms": norms})
+
+
+def _tensorboard(out: Path, cfg: TrainConfig, progress: Progress):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        progress.log("warning: --tensorboard needs `pip install tensorboard`; not logging")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))

@@ -18,6 +18,12 @@ COMMANDS = (
     "models",
     "train",
     "eval",
+    "predict",
+    "export",
+    "compare",
+    "gradflow",
+    "degradation",
+    "report",
 )
 
 
@@ -51,8 +57,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # under torchrun: another rank died or stopped responding
+        msg = _rank_failure(err)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
+
+
+def _rank_failure(err: BaseException) -> str | None:
+    if "torch.distributed" not in sys.modules:  # never a distributed run: nothing to describe
+        return None
+    from cnnzoo.train.runtime import describe_rank_failure
+
+    return describe_rank_failure(err)
 
 
 if __name__ == "__main__":

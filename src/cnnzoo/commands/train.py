@@ -24,6 +24,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subset", type=int, help="train on the first N training images")
     g.add_argument("--no-augment", dest="augment", action="store_false")
     g.add_argument("--cutout", type=int, default=d.cutout, metavar="PX")
+    g.add_argument(
+        "--crop-pad", type=int, default=d.crop_pad, metavar="PX", help="random-crop padding"
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=d.epochs)
     o.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -77,6 +80,7 @@ def config_from_args(args: argparse.Namespace, model: str, out: str | None):
         label_smoothing=args.label_smoothing,
         augment=args.augment,
         cutout=args.cutout,
+        crop_pad=args.crop_pad,
         ema=args.ema,
         tta=args.tta,
         val=args.val,
@@ -108,13 +112,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="store per-epoch conv gradient norms in the run directory",
     )
     p.add_argument("--tensorboard", action="store_true")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="EPOCH",
+        help="stop after this epoch; the schedule still spans --epochs (resume later)",
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="start from a named recipe, e.g. 'fast' (fastnet's speed run); explicit options win",
+    )
     add_train_options(p)
+    from cnnzoo.train.recipes import defer_defaults
+
+    defer_defaults(p)  # options a recipe sets default to "unset" until run() resolves them
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cnnzoo.train import train
+    from cnnzoo.train.recipes import resolve_recipe_args
 
+    resolve_recipe_args(args)
     if args.resume:
         train(config_from_args(args, args.model or "resnet20", None), resume=args.resume)
         return 0

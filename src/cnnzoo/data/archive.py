@@ -57,8 +57,18 @@ def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
                     assert f is not None
                     out[base] = f.read()
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read archive {path}: {err} (truncated or corrupt?)") from None
+        raise UserError(
+            f"cannot read archive {path}: {_one_line(err)} (truncated or corrupt?)"
+        ) from None
     return out
+
+
+def _one_line(err: BaseException) -> str:
+    """tarfile's "could not be opened" error lists every method tried, one per line."""
+    text = str(err).strip()
+    if isinstance(err, tarfile.ReadError) and "opened successfully" in text:
+        return "not a tar archive (plain, gzip, bz2 or xz)"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def safe_extract(path: Path, dest: Path) -> None:
@@ -71,7 +81,7 @@ def safe_extract(path: Path, dest: Path) -> None:
                 check_member(m)
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise UserError(f"cannot extract archive {path}: {err}") from None
+        raise UserError(f"cannot extract archive {path}: {_one_line(err)}") from None
 
 
 def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:

@@ -170,6 +170,13 @@ def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
 def _decode(spec: Spec, source: Path, quiet: bool) -> dict[str, np.ndarray]:
     wanted = {*spec.train_files, spec.test_file, spec.meta_file}
     if source.is_file():
+        blobs = read_tar_members(source, wanted)  # a corrupt or unsafe archive fails here
+    else:
+        blobs = {f: (source / f).read_bytes() for f in wanted if (source / f).is_file()}
+    missing = sorted(wanted - set(blobs))
+    if missing:
+        raise UserError(f"{source} lacks {', '.join(missing)}; is it the {spec.archive} layout?")
+    if source.is_file():  # warned only once the archive has read: a bad one gets one error line
         digest = md5sum(source)
         if digest != spec.md5 and not quiet:
             print(
@@ -177,12 +184,6 @@ def _decode(spec: Spec, source: Path, quiet: bool) -> dict[str, np.ndarray]:
                 "(a rebuilt or modified copy); using it anyway",
                 file=sys.stderr,
             )
-        blobs = read_tar_members(source, wanted)
-    else:
-        blobs = {f: (source / f).read_bytes() for f in wanted if (source / f).is_file()}
-    missing = sorted(wanted - set(blobs))
-    if missing:
-        raise UserError(f"{source} lacks {', '.join(missing)}; is it the {spec.archive} layout?")
 
     def unpickle(blob: bytes) -> dict:
         try:

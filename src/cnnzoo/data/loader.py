@@ -55,9 +55,9 @@ def augment_batch(
     if aug.cutout and cut is not None:
         r = torch.arange(h, device=x.device)
         c = torch.arange(w, device=x.device)
-        half = aug.cutout // 2
-        in_r = (r[None, :] - cut[:, :1]).abs() <= half - (aug.cutout % 2 == 0)  # (B, H)
-        in_c = (c[None, :] - cut[:, 1:]).abs() <= half - (aug.cutout % 2 == 0)  # (B, W)
+        top_left = cut - aug.cutout // 2  # (B, 2): the square is [c - s//2, c - s//2 + s)
+        in_r = (r[None, :] >= top_left[:, :1]) & (r[None, :] < top_left[:, :1] + aug.cutout)
+        in_c = (c[None, :] >= top_left[:, 1:]) & (c[None, :] < top_left[:, 1:] + aug.cutout)
         hole = in_r[:, :, None] & in_c[:, None, :]
         x = x.masked_fill(hole[..., None], 0)
     return x

@@ -1,6 +1,6 @@
 """The model zoo. Importing this package registers every model (and builds none)."""
 
-from cnnzoo.models import inception, resnet, vgg  # noqa: F401  (registration side effects)
+from cnnzoo.models import fastnet, inception, resnet, vgg  # noqa: F401  (registration side effects)
 from cnnzoo.models.registry import (
     ModelInfo,
     create_model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ from torch import nn
 from cnnzoo.errors import UserError
 
 FORMAT = 1
+
+# Test hook, never needed in normal use: ``CNNZOO_TEST_SLOW_SAVE_S=2`` makes every checkpoint save
+# sleep that long between writing its temp file and renaming it into place, so that the fault
+# tests (tests/test_faults.py) can SIGKILL a run in the middle of a save.
+_TEST_SLOW_SAVE_S = float(os.environ.get("CNNZOO_TEST_SLOW_SAVE_S") or 0)
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -26,6 +32,8 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if _TEST_SLOW_SAVE_S:  # tests only: widen the window in which a kill hits a save
+            time.sleep(_TEST_SLOW_SAVE_S)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from typing import Any
 from cnnzoo.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "step")  # step: ÷10 at 50% and 75% (He et al.)
 
 
 @dataclass
@@ -33,6 +33,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = True  # random crop (4 px zero padding) + horizontal flip
     cutout: int = 0  # cutout square side in pixels, 0 = off
+    crop_pad: int = 4  # random-crop zero padding: translations of up to ±crop_pad pixels
     ema: float = 0.0  # decay of an exponential moving average of the weights, 0 = off
     tta: bool = False  # evaluate on image + its mirror image
     val: int | None = None  # held-out validation images; None = 10% of the training set
@@ -46,6 +47,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     threads: int | None = None  # torch intra-op threads; None = PyTorch's default
     out: str | None = None  # run directory; None = runs/<model>-<timestamp>
+    stop_after: int | None = None  # stop after this epoch (the schedule still spans `epochs`)
     record_gradflow: bool = False  # per-epoch conv-gradient norms into gradflow.jsonl
     tensorboard: bool = False
     quiet: bool = False
@@ -66,8 +68,10 @@ class TrainConfig:
         need(self.warmup_epochs >= 0, "--warmup-epochs must be >= 0")
         need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         need(self.cutout >= 0, "--cutout must be >= 0")
+        need(self.crop_pad >= 0, f"--crop-pad must be >= 0, got {self.crop_pad}")
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
         need(self.subset is None or self.subset >= 1, "--subset must be at least 1")
+        need(self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1")
         need(self.eval_batch_size >= 1, "--eval-batch-size must be at least 1")
         need(self.threads is None or self.threads >= 1, "--threads must be at least 1")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
@@ -95,4 +99,6 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -
     progress = (step - warm) / max(1.0, total_steps - warm)
     if cfg.schedule == "linear":
         return cfg.lr * (1.0 - progress)
+    if cfg.schedule == "step":  # He et al. 2015 CIFAR: 0.1, ÷10 at 32k and 48k of 64k iterations
+        return cfg.lr * 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))

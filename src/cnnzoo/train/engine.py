@@ -14,6 +14,9 @@ from cnnzoo.errors import TrainingDiverged
 from cnnzoo.train.runtime import DistInfo, all_reduce_sum
 
 CHECK_EVERY = 20  # steps between checks that the loss is finite (each check syncs the device)
+# A mean cross-entropy this large means the logits have exploded (an untrained network scores
+# ln(classes) < 5): training has diverged even while the numbers are still finite (``--lr 100``).
+MAX_LOSS = 1e3
 
 
 @dataclass
@@ -80,21 +83,23 @@ def train_epoch(
             )
         if (step + 1) % CHECK_EVERY == 0 or on_batch is not None:
             loss_sum, correct, count = totals.tolist()
-            _check_finite(loss_sum, step)
+            _check_finite(loss_sum / max(count, 1), step)
             if on_batch is not None:
                 on_batch(loss_sum / count, correct / count, int(count))
     seconds = time.perf_counter() - start
-    _check_finite(totals[0].item(), -1)
+    _check_finite(totals[0].item() / max(totals[2].item(), 1), -1)
     all_reduce_sum(totals, dist_info or DistInfo())
     loss_sum, correct, count = totals.tolist()
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), seconds, int(count))
 
 
-def _check_finite(loss_sum: float, step: int) -> None:
-    if not torch.isfinite(torch.tensor(loss_sum)):
+def _check_finite(mean_loss: float, step: int) -> None:
+    """Raise ``TrainingDiverged`` when the epoch's mean loss so far is NaN, infinite or above
+    ``MAX_LOSS``."""
+    if not torch.isfinite(torch.tensor(mean_loss)) or mean_loss > MAX_LOSS:
         where = f" at step {step + 1} of this epoch" if step >= 0 else ""
         raise TrainingDiverged(
-            f"the training loss became {loss_sum}{where}; lower --lr "
+            f"the training loss became {mean_loss:.4g}{where}; lower --lr "
             "(the last good checkpoint is kept)"
         )
 

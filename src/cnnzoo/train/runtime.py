@@ -87,8 +87,8 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=float(os.environ.get("CNNZOO_DIST_TIMEOUT", 300)))
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        if device.type == "cuda":  # one GPU per process: LOCAL_RANK's (also for --device cuda)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -110,3 +110,22 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def describe_rank_failure(err: BaseException) -> str | None:
+    """One clear line for an error raised because another rank died or stopped responding
+    (a collective that timed out or lost its connection); None for any other error."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    text = str(err).strip()
+    lowered = text.lower()
+    signs = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+    if not isinstance(err, dist.DistError) and not any(s in lowered for s in signs):
+        return None
+    first = text.splitlines()[0][:200] if text else type(err).__name__
+    timeout = os.environ.get("CNNZOO_DIST_TIMEOUT", "300")
+    return (
+        f"rank {dist.get_rank()} of {dist.get_world_size()} lost contact with another rank: it "
+        f"died or stopped responding (collectives time out after $CNNZOO_DIST_TIMEOUT={timeout} "
+        f"s); the failed rank's own output says why. ({first})"
+    )

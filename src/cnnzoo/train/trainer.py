@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -13,7 +15,8 @@ import torch
 from torch import nn
 
 from cnnzoo.data import Augment, TensorLoader, load_dataset, stratified_split
-from cnnzoo.errors import UserError
+from cnnzoo.data.loader import normalize
+from cnnzoo.errors import TrainingDiverged, UserError
 from cnnzoo.models import create_model, model_info
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.config import TrainConfig, lr_at
@@ -37,8 +40,8 @@ class RunResult:
     out_dir: Path
     best_val_acc: float | None
     best_epoch: int
-    test_acc: float  # of the checkpoint chosen by validation accuracy (best.pt)
-    test_acc_last: float  # of the final weights
+    test_acc: float | None  # of the checkpoint chosen by validation accuracy (best.pt)
+    test_acc_last: float | None  # of the final weights; both None when stopped early
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -48,9 +51,14 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
     last checkpoint stopped (model, optimizer, schedule position, RNG state, epoch counter)."""
     state: dict[str, Any] | None = None
     if resume is not None:
-        state = ckpt_io.load_checkpoint(Path(resume) / "last.pt")
-        cfg = TrainConfig.from_dict(state["config"])
-        cfg.out = str(resume)
+        stop_after, quiet = cfg.stop_after, cfg.quiet  # these belong to this invocation
+        if _killed_before_first_checkpoint(Path(resume)):
+            # Stopped (killed) during epoch 1: start the run over with its own configuration.
+            cfg = TrainConfig.from_dict(_read_config(Path(resume) / "config.json"))
+        else:
+            state = ckpt_io.load_checkpoint(Path(resume) / "last.pt")
+            cfg = TrainConfig.from_dict(state["config"])
+        cfg.out, cfg.stop_after, cfg.quiet = str(resume), stop_after, quiet
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before any data is read
 
@@ -63,7 +71,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         torch.set_num_threads(cfg.threads)
     if cfg.batch_size % dist.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} must divide by {dist.world_size} ranks")
-    out = _prepare_out_dir(cfg, dist, resuming=state is not None)
+    if cfg.sync_bn and dist.enabled and device.type != "cuda":
+        raise UserError(
+            "--sync-bn needs CUDA devices: PyTorch's SyncBatchNorm does not run on the CPU "
+            "(without it each rank normalises over its own per-rank batch)"
+        )
+    out = _prepare_out_dir(cfg, dist, resuming=resume is not None)
+    if resume is not None and dist.is_main:
+        for stale in out.glob(".*.tmp"):  # temp files of saves cut short by a kill
+            stale.unlink(missing_ok=True)
 
     # ---- data: train / val / test as uint8 tensors ------------------------------------------
     data = load_dataset(cfg.dataset, cfg.data, quiet=cfg.quiet or not dist.is_main)
@@ -80,7 +96,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             f"({train_idx.numel()} images)"
         )
     per_rank = cfg.batch_size // dist.world_size
-    aug = Augment(pad=4, flip=True, cutout=cfg.cutout) if cfg.augment else None
+    aug = Augment(pad=cfg.crop_pad, flip=True, cutout=cfg.cutout) if cfg.augment else None
     common = dict(
         mean=data.mean,
         std=data.std,
@@ -108,6 +124,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
     # ---- model, optimizer ---------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+    if hasattr(model, "init_from_data") and state is None:
+        # data-dependent initialisation (FastNet's whitening stem) from up to 5000 training
+        # images, un-augmented, normalised as the loader does: (n, 3, H, W) float32
+        sample = data.train_x[train_idx[:5000]]
+        model.init_from_data(normalize(sample, data.mean, data.std, channels_last=False))
     if cfg.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=_memory_format(cfg))
@@ -184,7 +205,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         "format": ckpt_io.FORMAT,
     }
     run_start = time.perf_counter()
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    last_epoch = min(cfg.epochs, cfg.stop_after or cfg.epochs)
+    for epoch in range(start_epoch + 1, last_epoch + 1):
         train_loader.set_epoch(epoch)
         progress.start_epoch(epoch, steps_per_epoch)
         stats = train_epoch(
@@ -215,6 +237,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             "seconds": stats.seconds,
             "img_per_s": stats.img_per_s,
         }
+        if val is not None and not math.isfinite(val.loss):
+            raise TrainingDiverged(
+                f"the validation loss became {val.loss} in epoch {epoch}; lower --lr "
+                "(the last good checkpoint is kept)"
+            )
         history.append(row)
         # Without a validation set the latest epoch counts as the best (no test-set selection).
         score = val.acc if val else float(epoch)
@@ -235,13 +262,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
                 "best_val_acc": best_acc,
                 "best_epoch": best_epoch,
             }
+            # Metrics first: a kill before last.pt lands leaves an extra row that --resume drops
+            # (it keeps rows up to last.pt's epoch); the other order would lose a row.
+            write_metrics(out, history)
             if improved:  # best.pt holds the weights that are evaluated (EMA when enabled)
                 ckpt_io.save_atomic(
                     {**meta, "epoch": epoch, "model": weights, "val_acc": row["val_acc"]},
                     out / "best.pt",
                 )
             ckpt_io.save_atomic(full, out / "last.pt")  # last: the resume point
-            write_metrics(out, history)
             if writer is not None:
                 for k, v in row.items():
                     if k != "epoch" and v is not None:
@@ -250,15 +279,27 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
                 _record_gradflow(model, train_loader, criterion, amp, out, epoch=epoch)
             progress.end_epoch(row)
         barrier(dist)
+    if last_epoch < cfg.epochs:
+        progress.log(f"stopped after epoch {last_epoch}; continue with --resume {out}")
+        seconds = sum(r["seconds"] for r in history)
+        return RunResult(
+            out, best_acc if val_loader else None, best_epoch, None, None, seconds, history
+        )
 
     # ---- test: the checkpoint chosen on validation, and the final weights --------------------
     final_model = ema.module if ema else model
     test_last = evaluate(final_model, test_loader, data.num_classes, amp, cfg.tta, dist)
-    best_state = ckpt_io.load_checkpoint(out / "best.pt")["model"]
-    best_model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
-    best_model = best_model.to(device, memory_format=_memory_format(cfg))
-    best_model.load_state_dict(best_state)
-    test_best = evaluate(best_model, test_loader, data.num_classes, amp, cfg.tta, dist)
+    if best_epoch == cfg.epochs:  # best.pt holds exactly the final weights: skip a second pass
+        test_best = test_last
+    else:
+        # rank 0 reads best.pt and sends it: other machines need not share the run directory
+        best_state = broadcast_object(
+            ckpt_io.load_checkpoint(out / "best.pt")["model"] if dist.is_main else None, dist
+        )
+        best_model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+        best_model = best_model.to(device, memory_format=_memory_format(cfg))
+        best_model.load_state_dict(best_state)
+        test_best = evaluate(best_model, test_loader, data.num_classes, amp, cfg.tta, dist)
     seconds = time.perf_counter() - run_start + sum(r["seconds"] for r in history[:start_epoch])
     result = RunResult(
         out,
@@ -294,6 +335,21 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         if writer is not None:
             writer.close()
     return result
+
+
+def _killed_before_first_checkpoint(run: Path) -> bool:
+    """A run directory with its config.json but no last.pt yet (stopped during epoch 1)."""
+    return not (run / "last.pt").exists() and (run / "config.json").is_file()
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a cnnzoo run configuration")
+    return cfg
 
 
 def _memory_format(cfg: TrainConfig) -> torch.memory_format:

@@ -1,0 +1,160 @@
+"""CIFAR-10 speed run on the CPU: ``fastnet`` with the ``fast`` recipe, one full run per seed.
+
+Each run is ``cnnzoo.train.train`` (the one training engine) with ``RECIPES["fast"]``; the wall
+time is measured around the whole call, so it includes reading the dataset, building the model,
+the whitening initialisation, every epoch, checkpoint writes and the final test evaluation
+(with flip TTA). No validation split (``val=0``): the model trains on all 50 000 images and the
+reported accuracy is the final weights' on the 10 000 test images (nothing is selected on it).
+
+Achieved TFLOP/s = (3 × F × training images + F × evaluated images) / wall seconds, where F is
+the forward FLOPs per image from ``cnnzoo.models.count_flops`` (convs and matmuls only; the
+backward pass is counted as 2 forwards). Two peaks are given for scale:
+- practical: the bf16 channels_last conv ceiling measured on this 2-core machine with 2 threads
+  (``--peak-tflops``, default 0.92 TFLOP/s: large 3×3 convs, forward + backward, idle machine);
+- theoretical: cores × base GHz × 1024 bf16 FLOP/cycle/core (Intel's AMX-BF16 figure for
+  Sapphire Rapids; base GHz from /proc/cpuinfo's bogomips / 2) — an upper bound nothing reaches.
+
+    python benchmarks/speedrun.py --seeds 1
+    python benchmarks/speedrun.py --seeds 5 --data ../shared/data/cifar10/cifar-10-python.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cnnzoo.errors import UserError
+from cnnzoo.models import count_flops, create_model
+from cnnzoo.train import train
+from cnnzoo.train.recipes import recipe_config
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10/cifar-10-python.tar.gz"
+AMX_BF16_FLOP_PER_CYCLE = 1024
+
+
+def theoretical_peak_tflops() -> tuple[float, str]:
+    """cores × GHz × AMX bf16 FLOP/cycle, with the basis spelled out."""
+    cores = os.cpu_count() or 1
+    ghz = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("bogomips"):
+                ghz = float(line.split(":")[1]) / 2000.0  # bogomips = 2 × MHz on x86
+                break
+    except OSError:
+        pass
+    if not ghz:
+        return float("nan"), "unknown clock"
+    tflops = cores * ghz * 1e9 * AMX_BF16_FLOP_PER_CYCLE / 1e12
+    return tflops, f"{cores} cores x {ghz:.2f} GHz x {AMX_BF16_FLOP_PER_CYCLE} bf16 FLOP/cycle"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=5, help="runs, with seeds 0..N-1")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 archive ('synthetic' ok)")
+    p.add_argument("--model", default="fastnet")
+    p.add_argument("--recipe", default="fast")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--subset", type=int, help="train on the first N images (smoke tests)")
+    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--peak-tflops", type=float, default=0.92, help="practical bf16 peak")
+    p.add_argument("--out", help="keep run directories here (default: a temporary folder)")
+    p.add_argument("--json", help="also write the per-seed figures and summary to this file")
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+
+    overrides: dict = {"data": args.data, "quiet": True}
+    for key in ("epochs", "subset", "threads"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.compile:
+        overrides["compile"] = True
+    flops = count_flops(create_model(args.model))  # forward FLOPs per 32×32 image
+    theo, theo_basis = theoretical_peak_tflops()
+    tmp = None if args.out else tempfile.TemporaryDirectory(prefix="speedrun-")
+    root = Path(args.out or tmp.name)  # type: ignore[union-attr]
+    print(
+        f"speed run: {args.model} --recipe {args.recipe} {overrides}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"forward {flops / 1e6:.1f} MFLOP/image",
+        flush=True,
+    )
+    rows = []
+    for seed in range(args.seeds):
+        cfg = recipe_config(
+            args.recipe, args.model, seed=seed, out=str(root / f"seed{seed}"), **overrides
+        )
+        start = time.perf_counter()
+        result = train(cfg)
+        wall = time.perf_counter() - start
+        cfg_resolved = json.loads((result.out_dir / "config.json").read_text())
+        steps = cfg_resolved["steps_per_epoch"] * cfg.epochs
+        train_images = steps * cfg.batch_size
+        eval_images = 10_000 * (2 if cfg.tta else 1)  # one test pass (+ its mirror images)
+        if cfg.data == "synthetic" or cfg.subset:
+            eval_images = None
+        total = 3 * flops * train_images + flops * (eval_images or 0)
+        train_seconds = sum(r["seconds"] for r in result.history)
+        row = {
+            "seed": seed,
+            "wall_s": wall,
+            "train_s": train_seconds,
+            "test_acc": result.test_acc_last,
+            "img_per_s": train_images / train_seconds,
+            "tflops": total / wall / 1e12,
+        }
+        rows.append(row)
+        print(
+            f"seed {seed}: wall {wall:7.1f} s (training {train_seconds:.1f} s, "
+            f"{row['img_per_s']:.0f} img/s), test acc {row['test_acc']:.4f}, "
+            f"{row['tflops']:.3f} TFLOP/s = {row['tflops'] / args.peak_tflops:.0%} of the "
+            f"practical {args.peak_tflops} TFLOP/s, {row['tflops'] / theo:.1%} of the "
+            f"theoretical {theo:.2f}",
+            flush=True,
+        )
+
+    def mean_std(key: str) -> tuple[float, float]:
+        vals = [r[key] for r in rows]
+        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+    acc, acc_sd = mean_std("test_acc")
+    wall, wall_sd = mean_std("wall_s")
+    tf, _ = mean_std("tflops")
+    ips, _ = mean_std("img_per_s")
+    print(f"\nsummary over {len(rows)} seed(s):")
+    print("| seeds | wall time (s) | test acc (%) | train img/s | TFLOP/s | practical | theor. |")
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {len(rows)} | {wall:.1f} ± {wall_sd:.1f} | {100 * acc:.2f} ± {100 * acc_sd:.2f} "
+        f"| {ips:.0f} | {tf:.3f} | {tf / args.peak_tflops:.0%} | {tf / theo:.1%} |"
+    )
+    print(
+        f"peaks: practical {args.peak_tflops} TFLOP/s (measured bf16 conv ceiling, 2 threads); "
+        f"theoretical {theo:.2f} TFLOP/s = {theo_basis}"
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"runs": rows, "flops_per_image": flops, "overrides": overrides}, indent=1)
+        )
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,72 @@
+"""``cnnzoo export CHECKPOINT -o model.onnx [--opset N]``: ONNX export, checked with onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# The same defaults as cnnzoo.inference.export (not imported here: it imports torch, and
+# building the parser must stay fast).
+DEFAULT_OPSET = 17
+DEFAULT_ATOL = 1e-3
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (needs `pip install 'cnnzoo[onnx]'`)",
+        description="Export to ONNX with a dynamic batch dimension; input 'input' (N,3,32,32) "
+        "float32 normalised as in training, output 'logits'. The file is checked with "
+        "onnxruntime against PyTorch on random and real test images and is written only if "
+        "the maximum absolute difference is within --atol (exit code 1 otherwise).",
+    )
+    p.add_argument("checkpoint", help="a .pt file, or a run directory (uses its best.pt)")
+    p.add_argument("-o", "--output", required=True, metavar="ONNX", help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"default {DEFAULT_OPSET}")
+    p.add_argument(
+        "--include-normalization",
+        action="store_true",
+        help="the graph takes RGB in [0, 1] and normalises with the checkpoint's mean/std",
+    )
+    p.add_argument(
+        "--atol", type=float, default=DEFAULT_ATOL, help=f"tolerance (default {DEFAULT_ATOL:g})"
+    )
+    p.add_argument("--data", help="dataset location for the real-image check (default: as trained)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnzoo.inference.export import ExportMismatch, export_onnx
+
+    try:
+        r = export_onnx(
+            args.checkpoint,
+            args.output,
+            opset=args.opset,
+            include_normalization=args.include_normalization,
+            atol=args.atol,
+            data=args.data,
+        )
+    except ExportMismatch as err:
+        print(f"error: export check failed: {err}", file=sys.stderr)
+        return 1
+    inp = (
+        "RGB in [0, 1], normalised inside the graph"
+        if r.include_normalization
+        else "normalised (pixel/255 - mean) / std"
+    )
+    mean = ", ".join(f"{v:.4f}" for v in r.mean)
+    std = ", ".join(f"{v:.4f}" for v in r.std)
+    print(f"exported {r.model} to {r.path} (opset {r.opset}, dynamic batch)")
+    print(f"  input 'input' float32 (batch, 3, 32, 32): {inp}; mean ({mean}), std ({std})")
+    print(f"  output 'logits' (batch, {len(r.classes)})")
+    real = (
+        f"{r.real_diff:.3g} on {r.real_count} images ({r.real_note})"
+        if r.real_diff is not None
+        else f"- ({r.real_note})"
+    )
+    print(
+        f"onnxruntime vs PyTorch max abs diff: {r.random_diff:.3g} on random inputs "
+        f"(batches of 1 and 8), {real}; tolerance {r.atol:g}: ok"
+    )
+    return 0

@@ -1,0 +1,254 @@
+"""ONNX export of a checkpoint, checked against PyTorch with onnxruntime.
+
+The exported graph has one input ``input`` (float32, NCHW, shape ``(batch, 3, 32, 32)``, the batch
+dimension dynamic) and one output ``logits`` (``(batch, classes)``, before softmax).
+
+- By default the input is **normalised** as in training: ``(pixel / 255 - mean) / std`` per RGB
+  channel, with the checkpoint's mean and std.
+- With ``include_normalization=True`` (``--include-normalization``) the graph takes RGB in
+  ``[0, 1]`` (``pixel / 255``) and normalises inside.
+
+Either way the mean, std, class names and input convention are stored in the model's metadata
+(``metadata_props``: ``cnnzoo.mean``, ``cnnzoo.std``, ``cnnzoo.classes``, ``cnnzoo.input``).
+Resize images as ``cnnzoo predict`` does (``cnnzoo.inference.predict``) before feeding them.
+
+Needs the optional extra: ``pip install 'cnnzoo[onnx]'`` (onnx and onnxruntime). The exporter is
+PyTorch's TorchScript-based one (``dynamo=False``), which needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnzoo.errors import UserError
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 9
+MAX_OPSET = 20  # the TorchScript-based exporter's newest opset
+DEFAULT_ATOL = 1e-3
+REAL_IMAGES = 64  # test-split images used for the check
+
+
+class ExportMismatch(RuntimeError):
+    """onnxruntime's outputs differ from PyTorch's by more than the tolerance; nothing written."""
+
+
+class Normalized(nn.Module):
+    """``model((x - mean) / std)`` for ``x`` RGB in [0, 1], NCHW."""
+
+    def __init__(self, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    model: str
+    opset: int
+    include_normalization: bool
+    random_diff: float
+    real_diff: float | None  # None when no real images were available
+    real_count: int
+    real_note: str  # why the real check was skipped, or where the images came from
+    atol: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as err:
+        raise UserError(
+            f"export needs onnx and onnxruntime ({err.name} is missing): pip install 'cnnzoo[onnx]'"
+        ) from None
+    return onnx, onnxruntime
+
+
+def export_onnx(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    include_normalization: bool = False,
+    atol: float = DEFAULT_ATOL,
+    data: str | None = None,
+) -> ExportReport:
+    """Export ``checkpoint`` to ``out`` and check it with onnxruntime against PyTorch on random
+    inputs (batches of 1 and 8) and on real test images when the dataset is available.
+
+    The file is written to a temporary name and renamed into place only when the check passes;
+    otherwise ``ExportMismatch`` is raised and ``out`` is left as it was.
+    """
+    onnx, ort = _require_onnx()
+    from cnnzoo.inference.predict import checkpoint_normalization
+    from cnnzoo.train import load_checkpoint, model_from_checkpoint
+
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
+    if not atol > 0:
+        raise UserError(f"--atol must be positive, got {atol}")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out} is a directory; name the .onnx file to write")
+    if not out.parent.is_dir():
+        raise UserError(f"no such folder: {out.parent}")
+
+    ckpt = load_checkpoint(checkpoint)
+    mean, std = checkpoint_normalization(ckpt)
+    model = model_from_checkpoint(ckpt).float().eval()
+    module = Normalized(model, mean, std).eval() if include_normalization else model
+    classes = [str(c) for c in ckpt.get("classes") or range(int(ckpt["num_classes"]))]
+
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
+    tmp = Path(tmp_name)
+    try:
+        example = torch.zeros(2, 3, 32, 32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    do_constant_folding=True,
+                )
+            except Exception as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+                raise UserError(f"ONNX export failed (opset {opset}): {first}") from None
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        meta = {
+            "cnnzoo.model": str(ckpt["model_name"]),
+            "cnnzoo.classes": json.dumps(classes),
+            "cnnzoo.mean": json.dumps(list(mean)),
+            "cnnzoo.std": json.dumps(list(std)),
+            "cnnzoo.input": (
+                "float32 NCHW RGB in [0, 1] (pixel / 255); normalised inside the graph"
+                if include_normalization
+                else "float32 NCHW RGB, normalised: (pixel / 255 - mean) / std"
+            ),
+        }
+        for key, value in meta.items():
+            prop = proto.metadata_props.add()
+            prop.key, prop.value = key, value
+        onnx.save(proto, str(tmp))
+
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+
+        def max_diff(x: torch.Tensor) -> float:
+            with torch.no_grad():
+                want = module(x).numpy()
+            (got,) = session.run(["logits"], {"input": x.numpy()})
+            if got.shape != want.shape:
+                raise ExportMismatch(f"onnxruntime output shape {got.shape}, PyTorch {want.shape}")
+            return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+
+        g = torch.Generator().manual_seed(0)
+        randoms = [
+            torch.rand(n, 3, 32, 32, generator=g)
+            if include_normalization
+            else torch.randn(n, 3, 32, 32, generator=g)
+            for n in (1, 8)
+        ]
+        random_diff = max(max_diff(x) for x in randoms)
+        real, real_note = _real_images(ckpt, data)
+        real_diff = None
+        if real is not None:
+            from cnnzoo.data import normalize
+
+            x = (
+                real.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+                if include_normalization
+                else normalize(real, mean, std, channels_last=False).contiguous()
+            )
+            real_diff = max_diff(x)
+        worst = max(random_diff, real_diff or 0.0)
+        if not np.isfinite(worst) or worst > atol:
+            raise ExportMismatch(
+                f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {atol:g}); "
+                f"{out} not written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(
+        path=out,
+        model=str(ckpt["model_name"]),
+        opset=opset,
+        include_normalization=include_normalization,
+        random_diff=random_diff,
+        real_diff=real_diff,
+        real_count=0 if real is None else int(real.shape[0]),
+        real_note=real_note,
+        atol=atol,
+        mean=mean,
+        std=std,
+        classes=classes,
+    )
+
+
+def _real_images(ckpt: dict[str, Any], data: str | None) -> tuple[torch.Tensor | None, str]:
+    """Up to ``REAL_IMAGES`` uint8 NHWC test images of the checkpoint's dataset, or None and why.
+
+    Only local data is used: the check never downloads. ``data`` given explicitly (``--data``)
+    must load; the location stored in the checkpoint is used only if it is still there.
+    """
+    from cnnzoo.data import DATASETS, load_dataset
+    from cnnzoo.data.cifar import default_root
+
+    cfg = ckpt.get("config", {}) or {}
+    dataset = str(cfg.get("dataset", "cifar10"))
+    explicit = data is not None
+    source = data if explicit else cfg.get("data")
+    if str(source) != "synthetic":
+        spec = DATASETS.get(dataset)
+        root = Path(source) if source is not None else default_root()
+        local = spec is not None and (
+            root.is_file()
+            or (root / spec.archive).is_file()
+            or (root / spec.folder / spec.test_file).is_file()
+            or (root / spec.test_file).is_file()
+        )
+        if not local:
+            if explicit:
+                raise UserError(f"no {dataset} data at {root}")
+            return None, f"skipped: no local copy of {dataset} (pass --data PATH)"
+    try:
+        ds = load_dataset(dataset, source, quiet=True)
+    except UserError as err:
+        if explicit:
+            raise
+        return None, f"skipped: {err}"
+    if ds.num_classes != int(ckpt["num_classes"]):
+        msg = f"{ds.name} has {ds.num_classes} classes, the checkpoint {ckpt['num_classes']}"
+        if explicit:
+            raise UserError(msg)
+        return None, f"skipped: {msg}"
+    return ds.test_x[:REAL_IMAGES].contiguous(), f"{ds.name} test split"

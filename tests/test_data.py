@@ -1,0 +1,186 @@
+"""CIFAR reading, the validation split, and batched augmentation."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnzoo.data import Augment, TensorLoader, load_dataset, normalize, stratified_split
+from cnnzoo.data.loader import augment_batch
+from cnnzoo.errors import UserError
+from conftest import REAL_CIFAR10
+
+
+def _fake_cifar10(path: Path, n_train: int = 50000, n_test: int = 10000) -> Path:
+    """An archive in the official layout whose pixels encode (label, channel) so that decoding
+    can be checked: R = label, G = 100 + label, B = 200 + label."""
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> bytes:
+        labels = rng.integers(0, 10, n)
+        planes = np.stack([labels, 100 + labels, 200 + labels], 1).astype(np.uint8)  # (n, 3)
+        data = np.repeat(planes, 1024, axis=1)  # rows R(1024) G(1024) B(1024)
+        return pickle.dumps({"data": data, "labels": labels.tolist(), "batch_label": "x"}, 2)
+
+    files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)}
+    files["test_batch"] = batch(n_test)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]  # fmt: skip
+    files["batches.meta"] = pickle.dumps({"label_names": names}, 2)
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fake_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fake_cifar10(tmp_path_factory.mktemp("fake") / "cifar-10-python.tar.gz")
+
+
+def test_reads_official_layout(fake_archive: Path, capsys: pytest.CaptureFixture) -> None:
+    ds = load_dataset("cifar10", fake_archive)
+    assert "md5" in capsys.readouterr().err  # not the official archive: a warning, not an error
+    assert ds.train_x.shape == (50000, 32, 32, 3) and ds.train_x.dtype == torch.uint8
+    assert ds.test_x.shape == (10000, 32, 32, 3)
+    # NHWC with the R, G, B planes in the right channels and aligned with the labels
+    y = ds.train_y[:100]
+    assert torch.equal(ds.train_x[:100, 5, 7, 0].long(), y)
+    assert torch.equal(ds.train_x[:100, 31, 0, 2].long(), 200 + y)
+    assert ds.classes[0] == "airplane" and ds.num_classes == 10
+
+
+def test_decoded_cache_is_reused(fake_archive: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    load_dataset("cifar10", fake_archive, quiet=True)
+    cached = list(tmp_path.glob("cifar10-*.npz"))
+    assert len(cached) == 1
+    import cnnzoo.data.cifar as cifar
+
+    monkeypatch.setattr(cifar, "_decode", lambda *a: pytest.fail("decoded again"))
+    ds = load_dataset("cifar10", fake_archive, quiet=True)
+    assert ds.train_x.shape[0] == 50000
+
+
+def test_reads_extracted_folder(fake_archive: Path, tmp_path: Path) -> None:
+    with tarfile.open(fake_archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    a = load_dataset("cifar10", tmp_path, quiet=True)  # the folder holding cifar-10-batches-py
+    b = load_dataset("cifar10", tmp_path / "cifar-10-batches-py", quiet=True)
+    assert torch.equal(a.test_y, b.test_y)
+
+
+def test_wrong_image_count_is_a_clear_error(tmp_path: Path) -> None:
+    small = _fake_cifar10(tmp_path / "cifar-10-python.tar.gz", n_train=50, n_test=10)
+    with pytest.raises(UserError, match="50000"):
+        load_dataset("cifar10", small, quiet=True)
+
+
+def test_missing_data_offline_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz.*--data"):
+        load_dataset("cifar10", tmp_path)
+
+
+@pytest.mark.skipif(not REAL_CIFAR10.is_file(), reason="the project's CIFAR-10 copy is absent")
+def test_real_archive() -> None:
+    ds = load_dataset("cifar10", REAL_CIFAR10, quiet=True)
+    assert ds.train_x.shape == (50000, 32, 32, 3) and ds.test_x.shape == (10000, 32, 32, 3)
+    assert ds.train_y[0].item() == 6  # frog, as in the official data
+    assert torch.equal(ds.train_y.bincount(), torch.full((10,), 5000))
+    mean = ds.train_x[:5000].float().mean((0, 1, 2)) / 255
+    assert torch.allclose(mean, torch.tensor(ds.mean), atol=0.01)
+
+
+def test_stratified_split_is_balanced_and_seeded() -> None:
+    labels = torch.arange(1000) % 10
+    train, val = stratified_split(labels, 100, seed=3)
+    assert val.numel() == 100 and train.numel() == 900
+    assert torch.equal(labels[val].bincount(), torch.full((10,), 10))
+    assert not set(train.tolist()) & set(val.tolist())
+    assert torch.equal(val, stratified_split(labels, 100, seed=3)[1])
+    assert not torch.equal(val, stratified_split(labels, 100, seed=4)[1])
+    assert stratified_split(labels, 0, seed=0)[1].numel() == 0
+
+
+def test_normalize_uses_true_statistics() -> None:
+    x = torch.full((1, 32, 32, 3), 128, dtype=torch.uint8)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    out = normalize(x, mean, std)
+    assert out.shape == (1, 3, 32, 32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    expected = (128 / 255 - torch.tensor(mean)) / torch.tensor(std)
+    assert torch.allclose(out[0, :, 0, 0], expected)
+
+
+def test_crop_and_flip_are_exact() -> None:
+    x = torch.arange(2 * 32 * 32 * 3).reshape(2, 32, 32, 3).to(torch.uint8)
+    aug = Augment(pad=4, flip=True)
+    no = torch.zeros(2, dtype=torch.bool)
+    centre = torch.full((2,), 4)
+    assert torch.equal(augment_batch(x, centre, centre, no, None, aug), x)
+    shifted = augment_batch(x, torch.tensor([0, 8]), torch.tensor([4, 4]), no, None, aug)
+    assert torch.equal(shifted[0, :, 4:], x[0, :, :28]) and shifted[0, :, :4].eq(0).all()
+    assert torch.equal(shifted[1, :, :28], x[1, :, 4:]) and shifted[1, :, 28:].eq(0).all()
+    flipped = augment_batch(x, centre, centre, torch.tensor([True, False]), None, aug)
+    assert torch.equal(flipped[0], x[0].flip(1)) and torch.equal(flipped[1], x[1])
+
+
+def test_cutout_zeroes_a_square() -> None:
+    x = torch.full((1, 32, 32, 3), 9, dtype=torch.uint8)
+    c = torch.full((1,), 4)
+    out = augment_batch(x, c, c, torch.zeros(1, dtype=torch.bool), torch.tensor([[16, 16]]),
+                        Augment(pad=4, cutout=8))  # fmt: skip
+    assert out.eq(0).all(-1).sum().item() == 64
+
+
+def _loader(seed: int = 0, rank: int = 0, world: int = 1, batch: int = 8) -> TensorLoader:
+    x = torch.arange(40).repeat_interleave(32 * 32 * 3).reshape(40, 32, 32, 3).to(torch.uint8)
+    y = torch.arange(40)
+    return TensorLoader(x, y, batch, (0.0,) * 3, (1.0,) * 3, train=True, augment=Augment(),
+                        seed=seed, rank=rank, world_size=world)  # fmt: skip
+
+
+def test_loader_is_deterministic_per_seed_and_epoch() -> None:
+    def labels(loader: TensorLoader, epoch: int) -> list[int]:
+        loader.set_epoch(epoch)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    a, b = _loader(seed=1), _loader(seed=1)
+    assert labels(a, 1) == labels(b, 1)
+    assert labels(a, 1) != labels(a, 2)
+    b.set_epoch(2)  # same seed and epoch: the same augmented pixels too
+    assert torch.equal(next(iter(a))[0], next(iter(b))[0])
+
+
+def test_ranks_see_disjoint_shards_of_the_same_permutation() -> None:
+    single = _loader(batch=8)
+    ranks = [_loader(rank=r, world=2, batch=4) for r in range(2)]
+    for loader in (single, *ranks):
+        loader.set_epoch(3)
+    one = [y for _, y in single]
+    two = [list(zip(*[iter(r) for r in ranks], strict=True))]
+    shards = [torch.cat([b[1] for b in step]) for step in two[0]]
+    assert len(one) == len(shards) == 5
+    for a, b in zip(one, shards, strict=True):
+        assert sorted(a.tolist()) == sorted(b.tolist())  # the same images in each global step
+    seen0 = torch.cat([y for _, y in ranks[0]])
+    seen1 = torch.cat([y for _, y in ranks[1]])
+    assert not set(seen0.tolist()) & set(seen1.tolist())
+
+
+def test_eval_loader_counts_every_image_once() -> None:
+    x = torch.zeros(10, 32, 32, 3, dtype=torch.uint8)
+    y = torch.arange(10)
+    seen = []
+    for r in range(3):
+        loader = TensorLoader(x, y, 3, (0.0,) * 3, (1.0,) * 3, rank=r, world_size=3)
+        seen += torch.cat([b for _, b in loader]).tolist()
+    assert sorted(seen) == list(range(10))

@@ -1,0 +1,92 @@
+"""``cnnzoo degradation``: plain vs residual by depth (He et al. 2015, Figure 6)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnzoo.analysis import degradation as dg
+from cnnzoo.train.config import TrainConfig, lr_at
+from helpers import run_main
+
+TINY = ["--data", "synthetic", "--subset", "32", "--val", "32", "--batch-size", "16",
+        "--epochs", "2", "--precision", "fp32", "--threads", "1", "--quiet"]  # fmt: skip
+
+
+def test_tiny_study_writes_figure_and_table(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "deg"
+    code, stdout, err = run_main(
+        ["degradation", "--depths", "20", "--out", str(out), *TINY], capsys
+    )
+    assert code == 0, err
+    for name in ("degradation.png", "degradation.svg", "summary.md", "summary.csv"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "degradation" and summary["depths"] == [20]
+    assert summary["epochs"] == 2 and summary["subset"] == 32  # explicit flags beat the preset
+    assert summary["weight_decay"] == 1e-4  # ... and the preset fills the rest
+    rows = {r["model"]: r for r in summary["rows"]}
+    assert set(rows) == {"plain20", "resnet20"}
+    for model, row in rows.items():
+        run = Path(row["run"])
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert row["epochs"] == len(metrics) == 2
+        assert row["train_error"] == pytest.approx(100 * (1 - metrics[-1]["train_acc"]))
+        assert row["val_error"] == pytest.approx(100 * (1 - metrics[-1]["val_acc"]))
+        test_acc_last = json.loads((run / "summary.json").read_text())["test_acc_last"]
+        assert row["test_error"] == pytest.approx(100 * (1 - test_acc_last))
+        assert row["family"] + str(row["depth"]) == model
+    with open(out / "summary.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert "| plain20 |" in stdout and "| resnet20 |" in stdout
+    assert "estimated" in err
+
+
+def test_verdict_reads_the_orderings() -> None:
+    def rows(fam: str, errs: list[float]) -> list[dict]:
+        return [
+            {"family": fam, "depth": d, "train_error": e}
+            for d, e in zip((20, 32, 44, 56), errs, strict=True)
+        ]
+
+    lines = dg.verdict(rows("plain", [5, 6, 7, 8]) + rows("resnet", [8, 7, 6, 5]))
+    assert lines[0].startswith(
+        "deeper plain nets reach a higher final training error: yes, at every"
+    )
+    assert lines[1].startswith(
+        "deeper resnet nets reach a lower final training error: yes, at every"
+    )
+    lines = dg.verdict(rows("plain", [5, 7, 6, 8]) + rows("resnet", [5, 6, 7, 8]))
+    assert "not at every step" in lines[0] and ": no (" in lines[1]
+
+
+def test_default_budget_fits_ninety_minutes(capsys) -> None:
+    p = dg.PRESETS["cpu"]
+    est = dg.estimate_seconds(dg.DEFAULT_DEPTHS, p["epochs"], p["subset"], p["val"])
+    assert est <= 90 * 60
+    # resnet56 alone: 12 epochs x (10k + 5k/3) images at 180 img/s + 2 test passes at 540 img/s
+    one = dg.estimate_seconds([56], 12, 10_000, 5_000) / 2
+    assert one == pytest.approx(12 * (10_000 + 5_000 / 3) / 180 + 20_000 / 540)
+    code, _, err = run_main(["degradation", "--dry-run"], capsys)
+    assert code == 0 and f"estimated {est / 60:.0f} min" in err
+
+
+def test_paper_budget_is_64k_iterations_with_step_schedule(capsys) -> None:
+    p = dg.PRESETS["paper"]
+    steps_per_epoch = (50_000 - p["val"]) // p["batch_size"]
+    assert abs(p["epochs"] * steps_per_epoch - 64_000) < 500
+    cfg = TrainConfig(schedule=p["schedule"], lr=p["lr"])
+    total = 64_000
+    assert lr_at(cfg, 31_999, total, 351) == pytest.approx(0.1)
+    assert lr_at(cfg, 32_000, total, 351) == pytest.approx(0.01)
+    assert lr_at(cfg, 48_000, total, 351) == pytest.approx(0.001)
+    code, _, err = run_main(["degradation", "--budget", "paper", "--dry-run"], capsys)
+    assert code == 0 and "182 epochs" in err and "step schedule" in err
+
+
+def test_depth_without_a_model_is_a_user_error(capsys) -> None:
+    code, _, err = run_main(["degradation", "--depths", "50", "--dry-run"], capsys)
+    assert code == 2 and "unknown model 'plain50'" in err

@@ -1,0 +1,202 @@
+"""The training engine on the synthetic dataset: run files, resume, selection, errors."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzoo.cli import main
+from cnnzoo.errors import TrainingDiverged, UserError
+from cnnzoo.train import TrainConfig, load_checkpoint, train
+from cnnzoo.train.config import lr_at
+
+SMALL = dict(
+    model="resnet20",
+    data="synthetic",
+    subset=256,
+    val=100,
+    batch_size=64,
+    precision="fp32",
+    quiet=True,
+)
+
+
+def test_cli_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "R"
+    assert (
+        main(
+            [
+                "train",
+                "resnet20",
+                "--data",
+                "synthetic",
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "last.pt",
+        "best.pt",
+        "summary.json",
+    ):
+        assert (out / name).is_file(), name
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert list(rows[0]) == [
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "seconds",
+        "img_per_s",
+    ]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "resnet20" and config["val"] == 200  # 10% of 2,000, resolved
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["test_acc"] <= 1
+    capsys.readouterr()
+    assert main(["eval", str(out / "best.pt"), "--data", "synthetic", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"accuracy", "per_class", "confusion"}
+    confusion = torch.tensor(result["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum().item() == 500
+    assert result["accuracy"] == pytest.approx(confusion.diag().sum().item() / 500)
+    assert result["accuracy"] == pytest.approx(summary["test_acc"])
+    assert (out / "eval" / "confusion.csv").is_file()
+    assert (out / "eval" / "confusion.png").stat().st_size > 0
+
+
+def test_learns_the_synthetic_task(tmp_path: Path) -> None:
+    result = train(
+        TrainConfig(**{**SMALL, "subset": None, "val": 200}, epochs=3, out=str(tmp_path / "r"))
+    )
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.test_acc > 0.3  # chance is 0.1
+
+
+def test_resume_gives_identical_weights(tmp_path: Path) -> None:
+    """2 epochs in one go == 1 epoch, stop, resume, 1 more epoch (fp32 on the CPU)."""
+    straight = train(TrainConfig(**SMALL, epochs=2, out=str(tmp_path / "a")))
+    first = train(TrainConfig(**SMALL, epochs=2, stop_after=1, out=str(tmp_path / "b")))
+    assert first.test_acc is None and len(first.history) == 1
+    resumed = train(TrainConfig(quiet=True), resume=tmp_path / "b")
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    keys = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+    assert [[r[k] for k in keys] for r in resumed.history] == [
+        [r[k] for k in keys] for r in straight.history
+    ]
+    rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_best_checkpoint_is_chosen_on_validation(tmp_path: Path) -> None:
+    result = train(TrainConfig(**SMALL, epochs=2, out=str(tmp_path / "r")))
+    best = load_checkpoint(tmp_path / "r" / "best.pt")
+    val_accs = [r["val_acc"] for r in result.history]
+    assert best["val_acc"] == max(val_accs)
+    assert best["epoch"] == result.best_epoch == 1 + val_accs.index(max(val_accs))
+    assert "optimizer" not in best  # best.pt holds weights and metadata only
+
+
+def test_no_validation_set(tmp_path: Path) -> None:
+    result = train(TrainConfig(**{**SMALL, "val": 0}, epochs=1, out=str(tmp_path / "r")))
+    assert result.best_val_acc is None and result.history[0]["val_acc"] is None
+    assert result.test_acc == result.test_acc_last
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    train(TrainConfig(**SMALL, epochs=3, stop_after=1, out=str(out)))
+    before = (out / "last.pt").read_bytes()
+    cfg = load_checkpoint(out / "last.pt")["config"]
+    # Poison the run: resume it with an absurd learning rate written into its saved config.
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["config"] = {**cfg, "lr": 1e6}
+    torch.save(state, out / "last.pt")
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
+        train(TrainConfig(quiet=True), resume=out)
+    assert (out / "last.pt").read_bytes() == before  # nothing overwritten
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_refuses_to_reuse_a_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="--resume"):
+        train(TrainConfig(**SMALL, epochs=1, out=str(out)))
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"lr": -1.0}, "--lr"),
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 10_000}, "larger"),
+        ({"model": "nope"}, "unknown model"),
+        ({"precision": "fp8"}, "--precision"),
+    ],
+)
+def test_bad_values_are_user_errors(tmp_path: Path, override: dict, match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        train(TrainConfig(**{**SMALL, **override}, out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_cosine_schedule_with_warmup() -> None:
+    cfg = TrainConfig(lr=0.1, warmup_epochs=1)
+    lrs = [lr_at(cfg, s, total_steps=100, steps_per_epoch=10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert max(lrs) == pytest.approx(0.1) and lrs[-1] < 1e-3
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    plain = TrainConfig(lr=0.1)
+    assert lr_at(plain, 50, 100, 10) == pytest.approx(0.05)
+    assert math.isclose(lr_at(TrainConfig(schedule="constant"), 99, 100, 10), 0.1)
+
+
+def test_record_gradflow(tmp_path: Path) -> None:
+    train(TrainConfig(**SMALL, epochs=1, record_gradflow=True, out=str(tmp_path / "r")))
+    rows = [json.loads(r) for r in (tmp_path / "r" / "gradflow.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert len(rows[0]["layers"]) == 19  # resnet20: 19 convs (option A shortcuts have none)
+    assert all(math.isfinite(v) and v > 0 for v in rows[1]["norms"])
+
+
+def test_bf16_autocast_and_ema_run(tmp_path: Path) -> None:
+    result = train(
+        TrainConfig(
+            **{**SMALL, "precision": "bf16"},
+            epochs=1,
+            ema=0.9,
+            tta=True,
+            label_smoothing=0.1,
+            cutout=8,
+            out=str(tmp_path / "r"),
+        )
+    )
+    assert math.isfinite(result.history[0]["train_loss"])
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == "bf16"

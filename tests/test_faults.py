@@ -136,6 +136,16 @@ def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
     assert _snapshot(out) == before
 
 
+def test_run_killed_before_its_first_file_can_be_restarted(tmp_path, capsys):
+    """A folder holding only the temp file of a save cut short is not a run to protect."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / ".config.json.abc123.tmp").write_text("{")
+    code, _, err = run_main([*TINY_TRAIN, "--out", str(out), "--epochs", "1"], capsys)
+    assert code == 0, err
+    assert (out / "last.pt").is_file() and not list(out.glob(".*.tmp"))
+
+
 def test_out_is_an_existing_file(tmp_path, capsys):
     out = tmp_path / "r"
     out.write_text("precious")
@@ -259,7 +269,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _temp_files(out: Path) -> set[str]:
-    return {p.name for p in out.glob(".*.tmp")}
+    """Temp files of checkpoint saves in progress (or cut short)."""
+    return {p.name for p in out.glob(".*.pt.*.tmp")}
 
 
 def _check_all_load(out: Path) -> None:
@@ -284,7 +295,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     seen = _temp_files(out)
     p = _start(out, slow_save=1.0, resume=True)
     _wait_for(p, lambda: (out / "last.pt").exists(), "epoch 1's last.pt")
-    _wait_for(p, lambda: _temp_files(out) - seen - {".write-test"}, "a save in epoch 2")
+    _wait_for(p, lambda: _temp_files(out) - seen, "a save in epoch 2")
     _kill(p)
     _check_all_load(out)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
@@ -302,7 +313,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert p.wait(timeout=300) == 0, p.stderr.read()
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
     _check_all_load(out)
-    assert not _temp_files(out), "stale temp files are cleaned up on resume"
+    assert not list(out.glob(".*.tmp")), "stale temp files are cleaned up on resume"
 
     for name in ("last.pt", "best.pt"):
         got, want = load_checkpoint(out / name), load_checkpoint(ref_dir / name)

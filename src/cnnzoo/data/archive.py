@@ -7,11 +7,11 @@ import os
 import posixpath
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cnnzoo.atomic import atomic_open
 from cnnzoo.errors import UserError
 
 
@@ -85,14 +85,14 @@ def safe_extract(path: Path, dest: Path) -> None:
 
 
 def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
-    """Download ``url`` to ``dest`` (temp file + rename) with a progress bar; check its md5."""
+    """Download ``url`` to ``dest`` with a progress bar; keep it only if its md5 is ``md5``
+    (written through a temp file, so a failed or interrupted download leaves nothing behind)."""
     from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    tmp = Path(tmp_name)
+    digest = hashlib.md5(usedforsecurity=False)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+        with atomic_open(dest, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = tqdm(
                 total=total,
@@ -104,16 +104,15 @@ def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
             )
             while block := resp.read(1 << 20):
                 out.write(block)
+                digest.update(block)
                 bar.update(len(block))
             bar.close()
-        got = md5sum(tmp)
-        if got != md5:
-            raise UserError(f"downloaded {url} has md5 {got}, expected {md5}; not kept")
-        os.replace(tmp, dest)
+            if digest.hexdigest() != md5:  # raising here discards the temp file
+                raise UserError(
+                    f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}; not kept"
+                )
     except (urllib.error.URLError, OSError) as err:
         raise UserError(
             f"could not download {url} ({err}); you may be offline — put the archive at {dest} "
             "or pass --data PATH"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)

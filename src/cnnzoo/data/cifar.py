@@ -12,7 +12,6 @@ import hashlib
 import os
 import pickle
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnzoo.atomic import atomic_open
 from cnnzoo.data.archive import download, md5sum, read_tar_members
 from cnnzoo.errors import UserError
 
@@ -155,10 +155,8 @@ def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
     _validate(spec, arrays, source)
     try:  # the cache is an optimisation: failing to write it is not an error
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npz.part")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(cached, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, cached)
     except OSError as err:
         if not quiet:
             print(

@@ -34,7 +34,8 @@ from cnnzoo.models.registry import register_model
 
 
 class ShiftBN(nn.BatchNorm2d):
-    """BatchNorm with a frozen unit scale and a learnable shift stored divided by ``bias_scale``.
+    """BatchNorm without a scale (it stays 1) and with a learnable shift stored divided by
+    ``bias_scale``.
 
     Storing ``b / s`` and multiplying by ``s`` in the forward pass makes SGD move ``b`` with an
     effective learning rate ``s²`` times the global one (and momentum and weight decay act on the
@@ -42,8 +43,8 @@ class ShiftBN(nn.BatchNorm2d):
     """
 
     def __init__(self, channels: int, bias_scale: float = 8.0, momentum: float = 0.4) -> None:
-        super().__init__(channels, momentum=momentum, eps=1e-5, affine=True)
-        self.weight.requires_grad_(False)  # the scale stays 1: the next conv absorbs it
+        super().__init__(channels, momentum=momentum, eps=1e-5, affine=False)
+        self.bias = nn.Parameter(torch.zeros(channels))  # no scale: the next conv absorbs it
         self.bias_scale = bias_scale
 
     def forward(self, x: Tensor) -> Tensor:
@@ -52,7 +53,7 @@ class ShiftBN(nn.BatchNorm2d):
             x,
             self.running_mean,
             self.running_var,
-            self.weight,
+            None,
             self.bias * self.bias_scale,
             use_batch,
             self.momentum or 0.0,
@@ -93,14 +94,17 @@ class FastNet(nn.Module):
         stem: int = 24,
         bias_scale: float = 8.0,
         scale: float = 1 / 9,
+        stem_pad: int = 0,
     ) -> None:
         super().__init__()
         if len(widths) != 3 or min(widths) < 1 or stem < 1:
             raise ValueError(f"widths must be three positive ints and stem positive: {widths}")
         if stem % 2:
             raise ValueError(f"stem must be even (± filter pairs), got {stem}")
-        self.stem = nn.Conv2d(3, stem, 2, padding=0, bias=False)  # (N,3,32,32) → (N,stem,31,31)
-        self.stem.weight.requires_grad_(False)
+        # fixed filters, so a buffer: (stem, 3, 2, 2); (N,3,32,32) → (N,stem,31,31)
+        self.register_buffer("stem_weight", torch.empty(stem, 3, 2, 2))
+        nn.init.kaiming_uniform_(self.stem_weight, a=5**0.5)  # until init_from_data replaces it
+        self.stem_pad = stem_pad
         self.stem_bias = nn.Parameter(torch.zeros(stem))  # stored / bias_scale, like ShiftBN
         self.bias_scale = bias_scale
         self.act = nn.GELU()
@@ -124,7 +128,7 @@ class FastNet(nn.Module):
         the filters are ±vᵢ / sqrt(λᵢ + eps), largest λ first: outputs are decorrelated, unit
         variance, and the ± pair keeps both signs through the GELU.
         """
-        w = self.stem.weight  # (stem, 3, 2, 2)
+        w = self.stem_weight  # (stem, 3, 2, 2)
         k = w[0].numel()  # 12 for 3 channels
         if images.ndim != 4 or images.shape[1] != w.shape[1]:
             raise ValueError(f"expected (n,{w.shape[1]},H,W) images, got {tuple(images.shape)}")
@@ -140,7 +144,8 @@ class FastNet(nn.Module):
         w.copy_(torch.cat([filters, -filters]).to(w.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x) + (self.stem_bias * self.bias_scale).view(1, -1, 1, 1).to(x.dtype)
+        x = F.conv2d(x, self.stem_weight, padding=self.stem_pad)
+        x = x + (self.stem_bias * self.bias_scale).view(1, -1, 1, 1).to(x.dtype)
         x = self.layers(self.act(x))
         return self.fc(self.pool(x).flatten(1)) * self.scale
 
@@ -150,7 +155,7 @@ class FastNet(nn.Module):
     family="FastNet",
     paper="Jordan 2024 (airbench94)",
     year=2024,
-    key_feature="speed-run net: 3 wide conv-pool-BN groups, ~94% in ~10 epochs",
+    key_feature="speed-run net: whitening stem, 3 wide conv-pool-BN groups",
     depth=8,
 )
 def fastnet(
@@ -159,6 +164,7 @@ def fastnet(
     widths: tuple[int, int, int] | list[int] = (64, 256, 256),
     stem: int = 24,
     bias_scale: float = 8.0,
+    stem_pad: int = 0,
 ) -> nn.Module:
     """The airbench94-shaped net; ``widths`` (64, 256, 256) are the three groups' channels."""
-    return FastNet(num_classes, tuple(widths), stem, bias_scale)
+    return FastNet(num_classes, tuple(widths), stem, bias_scale, stem_pad=stem_pad)

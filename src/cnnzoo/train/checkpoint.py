@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnzoo.atomic import atomic_open
 from cnnzoo.errors import UserError
 
 FORMAT = 1
@@ -23,21 +23,11 @@ _TEST_SLOW_SAVE_S = float(os.environ.get("CNNZOO_TEST_SLOW_SAVE_S") or 0)
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``: a crash at any
-    moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if _TEST_SLOW_SAVE_S:  # tests only: widen the window in which a kill hits a save
-            time.sleep(_TEST_SLOW_SAVE_S)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through a temp file + rename (``cnnzoo.atomic.atomic_open``): a crash at any
+    moment leaves either the old checkpoint or the new one, never a torn one."""
+    hook = (lambda: time.sleep(_TEST_SLOW_SAVE_S)) if _TEST_SLOW_SAVE_S else None
+    with atomic_open(path, "wb", before_rename=hook) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

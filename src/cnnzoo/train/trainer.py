@@ -77,8 +77,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             "(without it each rank normalises over its own per-rank batch)"
         )
     out = _prepare_out_dir(cfg, dist, resuming=resume is not None)
-    if resume is not None and dist.is_main:
-        for stale in out.glob(".*.tmp"):  # temp files of saves cut short by a kill
+    if dist.is_main:
+        for stale in _stale_temp_files(out):  # saves cut short by a kill
             stale.unlink(missing_ok=True)
 
     # ---- data: train / val / test as uint8 tensors ------------------------------------------
@@ -368,13 +368,27 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     ]
 
 
+# The files a run writes atomically (temp file + rename), whose temp files a kill can leave.
+_RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "metrics.csv", "summary.json")
+
+
+def _stale_temp_files(out: Path) -> list[Path]:
+    return [p for name in _RUN_FILES for p in out.glob(f".{name}.*.tmp")]
+
+
+def _has_run_files(out: Path) -> bool:
+    """Anything in ``out`` besides temp files of a run killed before it wrote a file."""
+    stale = set(_stale_temp_files(out))
+    return any(p not in stale for p in out.iterdir())
+
+
 def _prepare_out_dir(cfg: TrainConfig, dist: DistInfo, resuming: bool) -> Path:
     """Create the run directory on rank 0; never reuse a non-empty one unless resuming."""
     if cfg.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.out = str(broadcast_object(f"runs/{cfg.model}-{stamp}", dist))
     out = Path(cfg.out)
-    if not resuming and out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not resuming and out.exists() and (not out.is_dir() or _has_run_files(out)):
         raise UserError(
             f"{out} already exists; pass --resume {out} to continue it, or another --out"
         )

@@ -1,0 +1,134 @@
+"""FastNet, the named recipes and the speed-run benchmark, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzoo.cli import build_parser, main
+from cnnzoo.commands.train import config_from_args
+from cnnzoo.errors import UserError
+from cnnzoo.models import count_flops, create_model
+from cnnzoo.train import train
+from cnnzoo.train.recipes import RECIPES, recipe_config, resolve_recipe_args
+
+TINY = {"widths": [8, 16, 16], "stem": 6}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fastnet_shapes_flops_and_frozen_stem() -> None:
+    model = create_model("fastnet")
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # airbench94's geometry: ~0.24 GFLOP forward per image, ~2M parameters
+    assert 0.2e9 < count_flops(model) < 0.3e9
+    assert 1.5e6 < sum(p.numel() for p in model.parameters()) < 2.5e6
+    assert "stem_weight" in dict(model.named_buffers())  # whitening filters are fixed
+    assert create_model("fastnet", num_classes=100, **TINY)(torch.randn(1, 3, 32, 32)).shape == (
+        1,
+        100,
+    )
+
+
+def test_whitening_init_decorrelates_patches() -> None:
+    torch.manual_seed(0)
+    model = create_model("fastnet")
+    # correlated pixels: a smooth image plus a little noise
+    x = torch.nn.functional.interpolate(torch.randn(64, 3, 8, 8), size=32, mode="bilinear")
+    x = x + 0.05 * torch.randn_like(x)
+    model.init_from_data(x)
+    w = model.stem_weight
+    assert torch.allclose(w[:12], -w[12:])  # ± pairs
+    out = torch.nn.functional.conv2d(x, w[:12]).permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = (out.T @ out / out.shape[0]).double()
+    # unit variance (eps shrinks the smallest directions a little), no correlation
+    assert torch.allclose(cov.diagonal()[:6], torch.ones(6, dtype=torch.double), atol=0.05)
+    off = cov - torch.diag(cov.diagonal())
+    assert off.abs().max() < 0.05
+    with pytest.raises(ValueError):
+        model.init_from_data(torch.randn(4, 1, 32, 32))
+
+
+def test_shift_bn_bias_learns_scale_squared_faster() -> None:
+    """Stored shift b/s with forward s·(b/s): SGD moves the effective shift s² times faster."""
+    torch.manual_seed(0)
+    model = create_model("fastnet", **TINY, bias_scale=8.0)
+    bn = model.layers[0][2]
+    x = torch.randn(4, 8, 5, 5)
+    bn(x).sum().backward()
+    # d(sum)/d(effective shift) = N·H·W per channel; the stored parameter sees s times that
+    assert torch.allclose(bn.bias.grad, torch.full((8,), 8.0 * 4 * 5 * 5))
+    assert bn.weight is None  # no scale
+
+
+def test_recipe_cli_defaults_and_explicit_options_win() -> None:
+    parse = build_parser().parse_args
+    args = resolve_recipe_args(
+        parse(["train", "fastnet", "--recipe", "fast", "--epochs", "3", "--label-smoothing", "0"])
+    )
+    cfg = config_from_args(args, "fastnet", None)
+    fast = RECIPES["fast"]
+    assert cfg.epochs == 3 and cfg.label_smoothing == 0.0  # explicit, even at the default value
+    assert (cfg.batch_size, cfg.lr, cfg.crop_pad, cfg.val) == (
+        fast["batch_size"],
+        fast["lr"],
+        fast["crop_pad"],
+        fast["val"],
+    )
+    assert cfg.nesterov and cfg.tta
+    plain = config_from_args(resolve_recipe_args(parse(["train", "resnet20"])), "resnet20", None)
+    assert (plain.epochs, plain.batch_size, plain.crop_pad, plain.val) == (20, 128, 4, None)
+    assert not plain.nesterov and plain.augment
+
+
+def test_unknown_recipe_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "fastnet", "--recipe", "nope", "--data", "synthetic"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+    with pytest.raises(UserError):
+        recipe_config("fast", "fastnet", not_a_field=1)
+
+
+def test_tiny_fast_recipe_run_learns(tmp_path: Path) -> None:
+    cfg = recipe_config(
+        "fast",
+        "fastnet",
+        data="synthetic",
+        model_kwargs=TINY,
+        subset=500,
+        epochs=3,
+        batch_size=50,
+        lr=0.5,  # the recipe's 1.5 needs its 2.3-epoch warm-up; this run is 3 epochs of 10 steps
+        warmup_epochs=0.5,
+        precision="fp32",  # tiny convs run faster in fp32 than through bf16 reorders
+        out=str(tmp_path / "run"),
+        quiet=True,
+    )
+    result = train(cfg)
+    assert result.test_acc == result.test_acc_last  # val=0: the final weights, no selection
+    assert result.test_acc > 0.3  # 10 classes; chance is 0.1
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["crop_pad"] == 2 and saved["val"] == 0
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["model"]
+    w = state["stem_weight"]
+    assert torch.allclose(w[:3], -w[3:])  # the trainer ran the whitening initialisation
+
+
+def test_speedrun_benchmark_prints_the_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("speedrun", ROOT / "benchmarks" / "speedrun.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out_json = tmp_path / "speedrun.json"
+    argv = ["--seeds", "2", "--data", "synthetic", "--epochs", "1", "--batch-size", "100"]
+    argv += ["--subset", "200"]
+    argv += ["--model-kwargs", json.dumps(TINY), "--out", str(tmp_path), "--json", str(out_json)]
+    assert mod.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "seed 1:" in text and "TFLOP/s" in text and "summary over 2 seed(s)" in text
+    runs = json.loads(out_json.read_text())["runs"]
+    assert len(runs) == 2 and all(r["wall_s"] > 0 and r["tflops"] > 0 for r in runs)

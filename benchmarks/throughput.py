@@ -123,10 +123,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps per model and recipe")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="cnnzoo side: auto, fp32 or bf16")
     args = p.parse_args()
 
     device = resolve_device(args.device)
-    precision = resolve_precision("auto", device)
+    precision = resolve_precision(args.precision, device)
     data = load_dataset("cifar10", args.data, quiet=True)
     n_threads = torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{n_threads} threads"

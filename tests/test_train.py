@@ -200,3 +200,15 @@ def test_bf16_autocast_and_ema_run(tmp_path: Path) -> None:
     )
     assert math.isfinite(result.history[0]["train_loss"])
     assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == "bf16"
+
+
+def test_resume_redoes_gradflow_rows_of_an_unfinished_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    train(TrainConfig(**SMALL, epochs=2, stop_after=1, record_gradflow=True, out=str(out)))
+    log = out / "gradflow.jsonl"
+    # as if killed after epoch 2's gradient row was written but before its last.pt landed
+    log.write_text(log.read_text() + json.dumps({"epoch": 2, "layers": [], "norms": []}) + "\n")
+    train(TrainConfig(quiet=True), resume=out)
+    rows = [json.loads(r) for r in log.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert len(rows[2]["norms"]) == 19

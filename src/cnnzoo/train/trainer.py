@@ -23,7 +23,13 @@ from cnnzoo.train.config import TrainConfig, lr_at
 from cnnzoo.train.ema import EMA
 from cnnzoo.train.engine import evaluate, train_epoch
 from cnnzoo.train.progress import Progress
-from cnnzoo.train.rundir import append_jsonl, read_metrics, write_json, write_metrics
+from cnnzoo.train.rundir import (
+    append_jsonl,
+    read_metrics,
+    write_json,
+    write_metrics,
+    write_text_atomic,
+)
 from cnnzoo.train.runtime import (
     DistInfo,
     autocast,
@@ -152,6 +158,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         best_acc, best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         _set_rng_state(state["rng"])
         history = [r for r in read_metrics(out) if r["epoch"] <= start_epoch]
+        if dist.is_main:  # rows written after last.pt by a run killed mid-epoch are redone
+            _truncate_jsonl(out / "gradflow.jsonl", start_epoch)
 
     net: nn.Module = model
     if dist.enabled:
@@ -426,6 +434,14 @@ def _record_gradflow(model, loader, criterion, amp, out: Path, epoch: int) -> No
     x, y = next(iter(loader))  # the first batch of the current epoch's order
     layers, norms = conv_grad_norms(model, x, y, criterion=criterion, amp=amp)
     append_jsonl(out / "gradflow.jsonl", {"epoch": epoch, "layers": layers, "norms": norms})
+
+
+def _truncate_jsonl(path: Path, last_epoch: int) -> None:
+    """Keep the rows of a per-epoch JSON-lines file up to ``last_epoch`` (the resume point)."""
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if r.strip()]
+        kept = [r for r in rows if json.loads(r)["epoch"] <= last_epoch]
+        write_text_atomic(path, "".join(r + "\n" for r in kept))
 
 
 def _tensorboard(out: Path, cfg: TrainConfig, progress: Progress):

@@ -212,3 +212,26 @@ def test_resume_redoes_gradflow_rows_of_an_unfinished_epoch(tmp_path: Path) -> N
     rows = [json.loads(r) for r in log.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert len(rows[2]["norms"]) == 19
+
+
+def test_cli_stop_after_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    args = [
+        "--data",
+        "synthetic",
+        "--subset",
+        "256",
+        "--val",
+        "64",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+        "--quiet",
+    ]
+    assert main(["train", "resnet20", *args, "--stop-after", "1", "--out", str(out)]) == 0
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert not (out / "summary.json").exists()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    assert (out / "summary.json").is_file()

@@ -97,6 +97,7 @@ def config_from_args(args: argparse.Namespace, model: str, out: str | None):
         record_gradflow=getattr(args, "record_gradflow", False),
         tensorboard=getattr(args, "tensorboard", False),
         quiet=args.quiet,
+        stop_after=getattr(args, "stop_after", None),
     )
 
 

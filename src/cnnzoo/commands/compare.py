@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnzoo.analysis.compare import load_run, train_runs, write_comparison
-    from cnnzoo.commands.train import config_from_args
+    from cnnzoo.commands.train import seeded_config_factory
     from cnnzoo.errors import UserError
     from cnnzoo.models import model_info
 
@@ -51,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file")
 
-    def make_config(model: str, seed: int, run_dir: Path):
-        cfg = config_from_args(args, model, str(run_dir))
-        cfg.seed = seed
-        return cfg.validate()
+    make_config = seeded_config_factory(args)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnzoo.analysis import degradation as dg
-    from cnnzoo.commands.train import config_from_args
+    from cnnzoo.commands.train import seeded_config_factory
     from cnnzoo.errors import UserError
     from cnnzoo.models import model_info
 
@@ -60,10 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
 
-    def make_config(model: str, seed: int, run_dir: Path):
-        cfg = config_from_args(args, model, str(run_dir))
-        cfg.seed = seed
-        return cfg.validate()
+    make_config = seeded_config_factory(args)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)

@@ -101,6 +101,18 @@ def config_from_args(args: argparse.Namespace, model: str, out: str | None):
     )
 
 
+def seeded_config_factory(args: argparse.Namespace):
+    """``make(model, seed, run_dir) -> TrainConfig`` from the command's training options: what
+    compare and degradation use to train every (model, seed) the same way."""
+
+    def make(model: str, seed: int, run_dir) -> object:
+        cfg = config_from_args(args, model, str(run_dir))
+        cfg.seed = seed
+        return cfg.validate()
+
+    return make
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on CIFAR-10/100 (or synthetic data)")
     p.add_argument("model", nargs="?", help="registered model name (`cnnzoo models`)")

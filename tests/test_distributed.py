@@ -130,6 +130,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, n_steps: int) -> Non
         for step in _steps(model, loader, n_steps):
             if rank == 0:
                 torch.save(model.module.state_dict(), f"{out}.{step + 1}")
+        dist.barrier()  # tear down together: a rank leaving gloo early can abort its peer
     finally:
         dist.destroy_process_group()
 

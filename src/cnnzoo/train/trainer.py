@@ -342,6 +342,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         )
         if writer is not None:
             writer.close()
+    barrier(dist)  # no rank leaves while rank 0 still writes the summary
     return result
 
 

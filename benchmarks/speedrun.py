@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from cnnzoo.data.cifar import is_synthetic
 from cnnzoo.errors import UserError
 from cnnzoo.models import count_flops, create_model
 from cnnzoo.train import train
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = cfg_resolved["steps_per_epoch"] * cfg.epochs
         train_images = steps * cfg.batch_size
         eval_images = 10_000 * (2 if cfg.tta else 1)  # one test pass (+ its mirror images)
-        if cfg.data == "synthetic" or cfg.subset:
+        if is_synthetic(cfg.data) or cfg.subset:
             eval_images = None
         total = 3 * flops * train_images + flops * (eval_images or 0)
         train_seconds = sum(r["seconds"] for r in result.history)

@@ -184,3 +184,16 @@ def test_eval_loader_counts_every_image_once() -> None:
         loader = TensorLoader(x, y, 3, (0.0,) * 3, (1.0,) * 3, rank=r, world_size=3)
         seen += torch.cat([b for _, b in loader]).tolist()
     assert sorted(seen) == list(range(10))
+
+
+def test_synthetic_size_is_selectable_and_malformed_size_is_a_user_error():
+    default = load_dataset("cifar10", "synthetic")
+    big = load_dataset("cifar10", "synthetic:3000")
+    assert len(default.train_y) == 2000 and len(big.train_y) == 3000
+    assert big.train_x.shape[1:] == (32, 32, 3) and big.train_x.dtype == torch.uint8
+    for bad in ("synthetic:", "synthetic:abc", "synthetic:5"):
+        if bad == "synthetic:":
+            assert len(load_dataset("cifar10", bad).train_y) == 2000
+            continue
+        with pytest.raises(UserError, match="synthetic:N"):
+            load_dataset("cifar10", bad)

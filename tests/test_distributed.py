@@ -27,7 +27,8 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json"}
 # a small, quick 2-rank run: 640 training images, global batch 64 (32 per rank), 10 steps
 SMALL = ["--data", "synthetic", "--subset", "640", "--val", "100", "--batch-size", "64"]
-SMALL += ["--precision", "fp32", "--eval-batch-size", "250"]
+SMALL += ["--precision", "fp32", "--eval-batch-size", "250", "--device", "cpu"]  # gloo, also where
+# a GPU is present (two ranks on one GPU would be refused, see the test below)
 
 
 def _torchrun(args: list[str], cwd: Path, timeout: float = 120, **env: str):
@@ -244,3 +245,21 @@ def test_resume_under_torchrun_after_a_crash_matches_an_uninterrupted_run(tmp_pa
     ]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert (tmp_path / "A" / "summary.json").is_file()
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun --nproc_per_node=2 on a one-GPU machine: rank 1 has no GPU of its own."""
+    from cnnzoo.errors import UserError
+    from cnnzoo.train.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name in ("auto", "cuda"):
+        with pytest.raises(UserError, match=r"nproc_per_node=1.*--device cpu"):
+            resolve_device(name)
+    assert resolve_device("cpu") == torch.device("cpu")

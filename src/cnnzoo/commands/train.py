@@ -17,7 +17,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", choices=("cifar10", "cifar100"), default=d.dataset)
     g.add_argument(
         "--data",
-        help="archive, extracted folder, or 'synthetic' "
+        help="archive, extracted folder, or 'synthetic[:N]' (generated, N training images) "
         "(default: $CNNZOO_DATA, else ~/.cache/cnnzoo; downloads if missing)",
     )
     g.add_argument("--val", type=int, help="validation images held out (default 10%%; 0: none)")

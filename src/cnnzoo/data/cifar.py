@@ -102,14 +102,33 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "cnnzoo" / "decoded"
 
 
+def is_synthetic(data: str | os.PathLike | None) -> bool:
+    return data is not None and (str(data) == "synthetic" or str(data).startswith("synthetic:"))
+
+
+def synthetic_size(data: str | os.PathLike | None) -> int | None:
+    """Training images asked for by ``'synthetic'`` (2000) or ``'synthetic:N'``; None for real
+    data. A malformed size is a user error, not a path to look for."""
+    if not is_synthetic(data):
+        return None
+    _, _, n = str(data).partition(":")
+    if not n:
+        return 2000
+    if not n.isdigit() or int(n) < 10:
+        raise UserError(f"--data {data}: expected synthetic:N with N >= 10 training images")
+    return int(n)
+
+
 def load_dataset(
     name: str = "cifar10", data: str | os.PathLike | None = None, quiet: bool = False
 ) -> Dataset:
-    """Load ``name`` ('cifar10', 'cifar100') from ``data``; ``data='synthetic'`` for test data."""
-    if str(data) == "synthetic" or name == "synthetic":
+    """Load ``name`` ('cifar10', 'cifar100') from ``data``; ``data='synthetic'`` (or
+    ``'synthetic:N'`` for N training images) for generated test data."""
+    n_synthetic = synthetic_size(data)
+    if n_synthetic is not None or name == "synthetic":
         from cnnzoo.data.synthetic import make_synthetic
 
-        return make_synthetic()
+        return make_synthetic(n_train=n_synthetic or 2000)
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     spec = DATASETS[name]

@@ -221,13 +221,13 @@ def _real_images(ckpt: dict[str, Any], data: str | None) -> tuple[torch.Tensor |
     must load; the location stored in the checkpoint is used only if it is still there.
     """
     from cnnzoo.data import DATASETS, load_dataset
-    from cnnzoo.data.cifar import default_root
+    from cnnzoo.data.cifar import default_root, is_synthetic
 
     cfg = ckpt.get("config", {}) or {}
     dataset = str(cfg.get("dataset", "cifar10"))
     explicit = data is not None
     source = data if explicit else cfg.get("data")
-    if str(source) != "synthetic":
+    if not is_synthetic(source):
         spec = DATASETS.get(dataset)
         root = Path(source) if source is not None else default_root()
         local = spec is not None and (

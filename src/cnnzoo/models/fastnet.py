@@ -46,6 +46,9 @@ class ShiftBN(nn.BatchNorm2d):
         super().__init__(channels, momentum=momentum, eps=1e-5, affine=False)
         self.bias = nn.Parameter(torch.zeros(channels))  # no scale: the next conv absorbs it
         self.bias_scale = bias_scale
+        # cuDNN's batch norm returns no gradient for the shift when the scale is None (seen on an
+        # H100, torch 2.11): pass a constant unit scale instead. Not saved in the state dict.
+        self.register_buffer("unit_scale", torch.ones(channels), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         use_batch = self.training or not self.track_running_stats
@@ -53,7 +56,7 @@ class ShiftBN(nn.BatchNorm2d):
             x,
             self.running_mean,
             self.running_var,
-            None,
+            self.unit_scale,
             self.bias * self.bias_scale,
             use_batch,
             self.momentum or 0.0,

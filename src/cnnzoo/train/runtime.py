@@ -17,7 +17,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", _local_gpu())
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -27,7 +27,20 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return torch.device("cuda", _local_gpu())
     return dev
+
+
+def _local_gpu() -> int:
+    """This process's GPU under torchrun (one per process: LOCAL_RANK's), else 0."""
+    rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if rank >= count:
+        raise UserError(
+            f"torchrun started local rank {rank}, but this machine has {count} CUDA device(s): "
+            f"use --nproc_per_node={count}, or --device cpu to train on the CPU with gloo"
+        )
+    return rank
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -87,8 +100,8 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=float(os.environ.get("CNNZOO_DIST_TIMEOUT", 300)))
-        if device.type == "cuda":  # one GPU per process: LOCAL_RANK's (also for --device cuda)
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        if device.type == "cuda":  # one GPU per process, chosen by resolve_device
+            torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 

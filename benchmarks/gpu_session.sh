@@ -19,7 +19,7 @@ echo "== throughput, bf16 (ref = the notebook's fp32 NCHW recipe)"
 "$py" benchmarks/throughput.py --data synthetic:20000 --device cuda --precision bf16 \
     --batch-size 256 --steps 40 --warmup 5 \
     --models resnet18 plain18 resnet56 vgg16 googlenet fastnet 2>&1 | tee "$OUT/throughput.txt"
-echo "== throughput, fp32 (tf32 off)"
+echo "== throughput, fp32 (PyTorch defaults: cuDNN convolutions may use TF32)"
 "$py" benchmarks/throughput.py --data synthetic:20000 --device cuda --precision fp32 \
     --batch-size 256 --steps 40 --warmup 5 --models resnet18 resnet56 2>&1 | tee -a "$OUT/throughput.txt"
 

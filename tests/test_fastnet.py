@@ -125,10 +125,13 @@ def test_speedrun_benchmark_prints_the_figures(
     spec.loader.exec_module(mod)
     out_json = tmp_path / "speedrun.json"
     argv = ["--seeds", "2", "--data", "synthetic", "--epochs", "1", "--batch-size", "100"]
-    argv += ["--subset", "200"]
+    argv += ["--subset", "200", "--peak-tflops", "0.5", "--precision", "fp32"]
     argv += ["--model-kwargs", json.dumps(TINY), "--out", str(tmp_path), "--json", str(out_json)]
     assert mod.main(argv) == 0
     text = capsys.readouterr().out
     assert "seed 1:" in text and "TFLOP/s" in text and "summary over 2 seed(s)" in text
     runs = json.loads(out_json.read_text())["runs"]
     assert len(runs) == 2 and all(r["wall_s"] > 0 and r["tflops"] > 0 for r in runs)
+    assert "| 2 | fp32 |" in text and "of the fp32 peak" in text
+    ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
+    assert 0.001 < ceiling < 1000

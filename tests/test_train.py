@@ -235,3 +235,16 @@ def test_cli_stop_after_then_resume(tmp_path: Path) -> None:
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     assert (out / "summary.json").is_file()
+
+
+def test_auto_precision_picks_bf16_only_where_it_is_faster() -> None:
+    from cnnzoo.train.runtime import cpu_has_fast_bf16, resolve_precision
+
+    assert cpu_has_fast_bf16("flags : fpu avx512f amx_bf16 amx_tile avx512_bf16")
+    # AVX512-BF16 without AMX: measured slower than fp32 for convolutions (see the docstring)
+    assert not cpu_has_fast_bf16("flags : fpu avx512f avx512_bf16")
+    assert not cpu_has_fast_bf16("flags : fpu avx2")
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", torch.device("cpu"))

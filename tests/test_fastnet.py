@@ -62,6 +62,9 @@ def test_shift_bn_bias_learns_scale_squared_faster() -> None:
     # d(sum)/d(effective shift) = N·H·W per channel; the stored parameter sees s times that
     assert torch.allclose(bn.bias.grad, torch.full((8,), 8.0 * 4 * 5 * 5))
     assert bn.weight is None  # no scale
+    # the constant unit scale handed to batch_norm (for cuDNN) is neither learnt nor saved
+    assert not any("unit_scale" in k for k in model.state_dict())
+    assert "unit_scale" not in dict(model.named_parameters())
 
 
 def test_recipe_cli_defaults_and_explicit_options_win() -> None:

@@ -13,7 +13,8 @@ backward pass is counted as 2 forwards). It is compared with three peaks:
   both backward passes, channels_last) on this machine, timed just before the runs, in the
   precision the runs use (``--peak-tflops`` gives a figure instead);
 - theoretical bf16 and fp32: cores × base GHz × FLOP/cycle/core of the best unit /proc/cpuinfo
-  lists (bf16: 1024 for AMX-BF16, 128 for AVX512-BF16; fp32: 64 for AVX-512, 32 for AVX2;
+  lists (bf16: 1024 for AMX-BF16, 128 for AVX512-BF16 — an upper bound: on a VM without AMX a
+  bf16 conv ran at half the fp32 rate; fp32: 64 for AVX-512, 32 for AVX2;
   base GHz = bogomips / 2; turbo clocks excepted). On a CPU without AMX, ``--precision auto``
   trains in fp32 (bf16 convolutions measured slower there), so the fp32 share is the one to read.
 

@@ -29,6 +29,13 @@ def test_tiny_study_writes_figure_and_table(tmp_path: Path, capsys) -> None:
     assert summary["epochs"] == 2 and summary["subset"] == 32  # explicit flags beat the preset
     assert summary["weight_decay"] == 1e-4  # ... and the preset fills the rest
     rows = {r["model"]: r for r in summary["rows"]}
+    # every preset value reaches the runs' configs (the warm-up once did not)
+    for model in ("plain20", "resnet20"):
+        cfg = json.loads((Path(rows[model]["run"]) / "config.json").read_text())
+        assert cfg["warmup_epochs"] == dg.PRESETS["cpu"]["warmup_epochs"] > 0
+        assert cfg["lr"] == 0.1 and cfg["schedule"] == "cosine"
+        zero_init = cfg["model_kwargs"].get("zero_init_residual", False)
+        assert zero_init == (model == "resnet20")  # ResNets only: plain twins keep their init
     assert set(rows) == {"plain20", "resnet20"}
     for model, row in rows.items():
         run = Path(row["run"])
@@ -43,6 +50,22 @@ def test_tiny_study_writes_figure_and_table(tmp_path: Path, capsys) -> None:
         assert len(list(csv.DictReader(f))) == 2
     assert "| plain20 |" in stdout and "| resnet20 |" in stdout
     assert "estimated" in err
+
+
+def test_every_preset_key_is_wired_to_a_flag() -> None:
+    from cnnzoo.commands.degradation import PRESET_KEYS
+
+    for preset in dg.PRESETS.values():
+        assert set(preset) == set(PRESET_KEYS)
+
+
+def test_zero_init_can_be_switched_off(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "deg"
+    argv = ["degradation", "--depths", "20", "--out", str(out), "--no-zero-init-residual"]
+    code, _, err = run_main([*argv, *TINY, "--epochs", "1"], capsys)
+    assert code == 0, err
+    cfg = json.loads((out / "runs" / "resnet20-s0" / "config.json").read_text())
+    assert "zero_init_residual" not in cfg["model_kwargs"]
 
 
 def test_verdict_reads_the_orderings() -> None:

@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--budget",
         choices=("cpu", "paper"),
         default="cpu",
-        help="cpu: 10k images, 12 epochs, 71 min measured on 2 CPU cores (default); paper: the paper's "
-        "64k iterations, lr 0.1 /10 at 32k and 48k (for a GPU)",
+        help="cpu: 10k images, 12 epochs, 71 min measured on 2 CPU cores (default); paper: the "
+        "paper's 64k iterations, lr 0.1 /10 at 32k and 48k (for a GPU)",
     )
     p.add_argument("--out", default="runs/degradation", help="output folder")
     p.add_argument("--dry-run", action="store_true", help="print the plan and time estimate only")

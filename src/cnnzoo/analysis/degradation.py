@@ -9,13 +9,13 @@ it so; the table has the final test error.
 Presets (``--budget``):
 
 * ``cpu`` (default): 10,000 training images, 5,000 validation images, 12 epochs, cosine schedule
-  after a 1-epoch linear warm-up, batch 128, lr 0.1, weight decay 1e-4, depths 20/32/44/56.
-  Estimated with the throughput of the project's 2-core CPU (bf16, batch 128: resnet56
-  ~160-180 img/s, cost proportional to depth, evaluation ~3x faster than training): about 74
-  minutes for all 8 runs (``estimate_seconds``). Whether 12 epochs on 10,000 images show both of
-  the paper's orderings (deeper plain nets end with a higher training error, deeper ResNets
-  with a lower one) is not yet measured: a smaller run (5,000 images, 8 epochs, no warm-up)
-  showed the plain ordering only (docs/results/README.md).
+  after a 1-epoch linear warm-up, batch 128, lr 0.1, weight decay 1e-4, depths 20/32/44/56, and
+  for the ResNets only, zero-initialised residual branches. Estimated with the throughput of
+  the project's 2-core CPU (batch 128: resnet56 ~180 img/s, cost proportional to depth,
+  evaluation ~3x faster than training): about 74 minutes for all 8 runs (``estimate_seconds``);
+  measured: 71 minutes. With it, deeper plain nets ended with a higher training error at every
+  step in depth, and resnet56 with a lower one than resnet20 (not monotone in between:
+  docs/results/README.md §2).
 * ``paper``: the paper's schedule on a GPU: 45k/5k train/val split, batch 128, 182 epochs of 351
   steps = 63,882 iterations (the paper's 64k), lr 0.1 divided by 10 at 50% and 75% of training
   (32k and 48k iterations; ``--schedule step``), momentum 0.9, weight decay 1e-4.

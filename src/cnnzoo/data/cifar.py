@@ -107,13 +107,15 @@ def is_synthetic(data: str | os.PathLike | None) -> bool:
 
 
 def synthetic_size(data: str | os.PathLike | None) -> int | None:
-    """Training images asked for by ``'synthetic'`` (2000) or ``'synthetic:N'``; None for real
-    data. A malformed size is a user error, not a path to look for."""
+    """Training images asked for by ``'synthetic'`` (the generator's default) or
+    ``'synthetic:N'``; None for real data. A malformed size is a user error, not a path."""
+    from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES
+
     if not is_synthetic(data):
         return None
     _, _, n = str(data).partition(":")
     if not n:
-        return 2000
+        return DEFAULT_TRAIN_IMAGES
     if not n.isdigit() or int(n) < 10:
         raise UserError(f"--data {data}: expected synthetic:N with N >= 10 training images")
     return int(n)
@@ -124,11 +126,10 @@ def load_dataset(
 ) -> Dataset:
     """Load ``name`` ('cifar10', 'cifar100') from ``data``; ``data='synthetic'`` (or
     ``'synthetic:N'`` for N training images) for generated test data."""
-    n_synthetic = synthetic_size(data)
-    if n_synthetic is not None or name == "synthetic":
-        from cnnzoo.data.synthetic import make_synthetic
+    if is_synthetic(data) or name == "synthetic":
+        from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES, make_synthetic
 
-        return make_synthetic(n_train=n_synthetic or 2000)
+        return make_synthetic(n_train=synthetic_size(data) or DEFAULT_TRAIN_IMAGES)
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     spec = DATASETS[name]

@@ -6,9 +6,11 @@ import torch
 
 from cnnzoo.data.cifar import Dataset
 
+DEFAULT_TRAIN_IMAGES = 2000  # what --data synthetic gives; synthetic:N asks for N
+
 
 def make_synthetic(
-    n_train: int = 2000, n_test: int = 500, num_classes: int = 10, seed: int = 0
+    n_train: int = DEFAULT_TRAIN_IMAGES, n_test: int = 500, num_classes: int = 10, seed: int = 0
 ) -> Dataset:
     """Each class is a smooth random colour pattern; images are that pattern, randomly shifted
     by up to 4 pixels, mixed with noise. A small CNN separates the classes in an epoch or two,

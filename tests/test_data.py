@@ -141,6 +141,26 @@ def test_cutout_zeroes_a_square() -> None:
     assert out.eq(0).all(-1).sum().item() == 64
 
 
+def test_alternating_flips_show_each_image_both_ways_in_consecutive_epochs() -> None:
+    # image i is a left-to-right ramp tagged with i, so its orientation and identity can be read
+    n = 40
+    ramp = torch.arange(32).view(1, 1, 32, 1).expand(n, 32, 32, 3)
+    x = (ramp + 100 * (torch.arange(n).view(n, 1, 1, 1) % 2)).to(torch.uint8)
+    loader = TensorLoader(x, torch.arange(n), 8, (0.0,) * 3, (1.0,) * 3, train=True,
+                          augment=Augment(pad=0, alternate_flip=True), seed=3)  # fmt: skip
+
+    def flipped(epoch: int) -> torch.Tensor:  # (n,) bool, indexed by image
+        loader.set_epoch(epoch)
+        out = torch.zeros(n, dtype=torch.bool)
+        for xb, yb in loader:
+            out[yb] = xb[:, 0, 0, 0] > xb[:, 0, 0, -1]  # ramp runs right-to-left: mirrored
+        return out
+
+    e0, e1, e2, e3 = (flipped(e) for e in range(4))
+    assert 0 < e0.sum() < n  # random in the first epoch
+    assert torch.equal(e1, ~e0) and torch.equal(e2, e0) and torch.equal(e3, ~e0)
+
+
 def _loader(seed: int = 0, rank: int = 0, world: int = 1, batch: int = 8) -> TensorLoader:
     x = torch.arange(40).repeat_interleave(32 * 32 * 3).reshape(40, 32, 32, 3).to(torch.uint8)
     y = torch.arange(40)

@@ -33,6 +33,17 @@ def test_fastnet_shapes_flops_and_frozen_stem() -> None:
     )
 
 
+def test_fastnet_small_is_the_narrow_twin() -> None:
+    small, full = create_model("fastnet_small"), create_model("fastnet")
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert [g[0].out_channels for g in small.layers] == [32, 192, 192]
+    assert 0.4 < count_flops(small) / count_flops(full) < 0.55  # 114 vs 236 MFLOP
+    cpu, fast = RECIPES["fast-cpu"], RECIPES["fast"]
+    # linear lr scaling with the batch; warm-up stays 23 % of the run
+    assert cpu["lr"] / fast["lr"] == pytest.approx(cpu["batch_size"] / fast["batch_size"])
+    assert cpu["warmup_epochs"] / cpu["epochs"] == pytest.approx(0.23)
+
+
 def test_whitening_init_decorrelates_patches() -> None:
     torch.manual_seed(0)
     model = create_model("fastnet")
@@ -81,7 +92,13 @@ def test_recipe_cli_defaults_and_explicit_options_win() -> None:
         fast["crop_pad"],
         fast["val"],
     )
-    assert cfg.nesterov and cfg.tta
+    assert cfg.nesterov and cfg.tta and cfg.alternate_flip and cfg.tta_shift == 1
+    off = config_from_args(
+        resolve_recipe_args(parse(["train", "fastnet", "--recipe", "fast", "--no-alternate-flip"])),
+        "fastnet",
+        None,
+    )
+    assert not off.alternate_flip and off.tta_shift == 1
     plain = config_from_args(resolve_recipe_args(parse(["train", "resnet20"])), "resnet20", None)
     assert (plain.epochs, plain.batch_size, plain.crop_pad, plain.val) == (20, 128, 4, None)
     assert not plain.nesterov and plain.augment
@@ -94,10 +111,11 @@ def test_unknown_recipe_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> N
         recipe_config("fast", "fastnet", not_a_field=1)
 
 
-def test_tiny_fast_recipe_run_learns(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "model"), [("fast", "fastnet"), ("fast-cpu", "fastnet_small")])
+def test_tiny_recipe_run_learns(tmp_path: Path, name: str, model: str) -> None:
     cfg = recipe_config(
-        "fast",
-        "fastnet",
+        name,
+        model,
         data="synthetic",
         model_kwargs=TINY,
         subset=500,
@@ -114,6 +132,7 @@ def test_tiny_fast_recipe_run_learns(tmp_path: Path) -> None:
     assert result.test_acc > 0.3  # 10 classes; chance is 0.1
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["crop_pad"] == 2 and saved["val"] == 0
+    assert saved["alternate_flip"] and saved["tta_shift"] == 1
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["model"]
     w = state["stem_weight"]
     assert torch.allclose(w[:3], -w[3:])  # the trainer ran the whitening initialisation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -193,6 +194,8 @@ def test_bf16_autocast_and_ema_run(tmp_path: Path) -> None:
             epochs=1,
             ema=0.9,
             tta=True,
+            tta_shift=1,
+            alternate_flip=True,
             label_smoothing=0.1,
             cutout=8,
             out=str(tmp_path / "r"),
@@ -200,6 +203,26 @@ def test_bf16_autocast_and_ema_run(tmp_path: Path) -> None:
     )
     assert math.isfinite(result.history[0]["train_loss"])
     assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == "bf16"
+
+
+def test_translate_tta_averages_shifted_views_with_reflection() -> None:
+    from cnnzoo.train.engine import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    x, y = torch.randn(5, 3, 8, 8), torch.randint(0, 4, (5,))
+    # translated views built independently: view[i] = x[reflect(i + d)] along both axes
+    ahead = torch.tensor([1, 2, 3, 4, 5, 6, 7, 6])  # d = +1: index 8 reflects to 6
+    behind = torch.tensor([1, 0, 1, 2, 3, 4, 5, 6])  # d = -1: index -1 reflects to 1
+    up_left = x[:, :, behind][:, :, :, behind]
+    down_right = x[:, :, ahead][:, :, :, ahead]
+    with torch.no_grad():
+        logits = 0.5 * model(x) + 0.25 * (model(up_left) + model(down_right))
+        expected = torch.nn.functional.cross_entropy(logits, y).item()
+    res = evaluate(model, [(x, y)], 4, contextlib.nullcontext, tta_shift=1)
+    assert res.loss == pytest.approx(expected, rel=1e-5)
+    plain = evaluate(model, [(x, y)], 4, contextlib.nullcontext)
+    assert plain.loss != pytest.approx(expected, rel=1e-5)  # the shifted views do count
 
 
 def test_resume_redoes_gradflow_rows_of_an_unfinished_epoch(tmp_path: Path) -> None:

@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--out", help="folder for confusion.csv/.png (default: beside the checkpoint)")
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
+    p.add_argument(
+        "--tta-shift", type=int, default=0, metavar="PX", help="also views translated by ±PX"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1000)
     p.set_defaults(func=run)
@@ -28,6 +31,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     tta: bool = False,
     batch_size: int = 1000,
+    tta_shift: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on its dataset's test split; returns accuracy, per-class, confusion."""
     import torch
@@ -40,6 +44,8 @@ def evaluate_checkpoint(
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if not 0 <= tta_shift <= 8:
+        raise UserError(f"--tta-shift must be in [0, 8], got {tta_shift}")
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
     ds = load_dataset(cfg.get("dataset", "cifar10"), data if data else cfg.get("data"), quiet=True)
@@ -51,7 +57,14 @@ def evaluate_checkpoint(
     precision = resolve_precision("auto", dev)
     model = model_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last)
     loader = TensorLoader(ds.test_x, ds.test_y, batch_size, ds.mean, ds.std, device=dev)
-    res = evaluate(model, loader, ds.num_classes, lambda: autocast(dev, precision), tta=tta)
+    res = evaluate(
+        model,
+        loader,
+        ds.num_classes,
+        lambda: autocast(dev, precision),
+        tta=tta,
+        tta_shift=tta_shift,
+    )
     conf = res.confusion
     per_class = (conf.diag().double() / conf.sum(1).clamp(min=1).double()).tolist()
     return {
@@ -91,7 +104,9 @@ def write_confusion(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.tta, args.batch_size)
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, args.device, args.tta, args.batch_size, args.tta_shift
+    )
     ckpt_path = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent)
     written = write_confusion(result, out / "eval")

@@ -27,6 +27,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--crop-pad", type=int, default=d.crop_pad, metavar="PX", help="random-crop padding"
     )
+    g.add_argument(
+        "--alternate-flip",
+        action=argparse.BooleanOptionalAction,
+        default=d.alternate_flip,
+        help="flip each image in every other epoch (random in the first) instead of at random",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=d.epochs)
     o.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -40,6 +46,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     o.add_argument("--ema", type=float, default=d.ema, help="weight EMA decay (0: off)")
     o.add_argument("--tta", action="store_true", help="evaluate with flip test-time augmentation")
+    o.add_argument(
+        "--tta-shift",
+        type=int,
+        default=d.tta_shift,
+        metavar="PX",
+        help="test-time augmentation also over views translated by ±PX pixels (0: off)",
+    )
     o.add_argument("--seed", type=int, default=d.seed)
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default=d.device)
@@ -81,8 +94,10 @@ def config_from_args(args: argparse.Namespace, model: str, out: str | None):
         augment=args.augment,
         cutout=args.cutout,
         crop_pad=args.crop_pad,
+        alternate_flip=args.alternate_flip,
         ema=args.ema,
         tta=args.tta,
+        tta_shift=args.tta_shift,
         val=args.val,
         subset=args.subset,
         seed=args.seed,

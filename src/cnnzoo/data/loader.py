@@ -18,11 +18,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Augment:
-    """Random crop with ``pad`` zero padding + horizontal flip (+ optional cutout)."""
+    """Random crop with ``pad`` zero padding + horizontal flip (+ optional cutout).
+
+    ``alternate_flip`` (airbench, Jordan 2024): each image is flipped at random in epoch 0 and
+    then flipped in every other epoch relative to that, so consecutive epochs always show both
+    orientations of every image, where random flips repeat the same view in half the cases.
+    """
 
     pad: int = 4
     flip: bool = True
     cutout: int = 0  # side of the square zeroed at a random centre; 0 = off
+    alternate_flip: bool = False
 
 
 def normalize(
@@ -127,6 +133,8 @@ class TensorLoader:
             # this rank's positions within the padded epoch permutation, and their draws
             pos = torch.arange(self.rank, self._padded_total(), self.world_size)
             params = [p[pos] if p is not None else None for p in self._draw_aug(aug)]
+            if aug.alternate_flip:
+                params[2] = self._alternating_flips()[idx]
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             bi = idx[sl].to(self.device)
@@ -135,6 +143,13 @@ class TensorLoader:
                 dx, dy, fl, cut = (p[sl].to(self.device) if p is not None else None for p in params)
                 xb = augment_batch(xb, dx, dy, fl, cut, aug)
             yield normalize(xb, self.mean, self.std, self.channels_last), self.y[bi]
+
+    def _alternating_flips(self) -> Tensor:
+        """Per training image (not per position): a fixed random orientation, inverted in odd
+        epochs. (N,) bool."""
+        g = _epoch_generator(self.seed + 7927, 0)  # one draw for the whole run
+        first = torch.rand(self.x.shape[0], generator=g) < 0.5
+        return first ^ bool(self.epoch % 2)
 
     def _draw_aug(self, aug: Augment) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Random crop offsets, flips and cutout centres for every position of the epoch."""

@@ -34,8 +34,10 @@ class TrainConfig:
     augment: bool = True  # random crop (4 px zero padding) + horizontal flip
     cutout: int = 0  # cutout square side in pixels, 0 = off
     crop_pad: int = 4  # random-crop zero padding: translations of up to ±crop_pad pixels
+    alternate_flip: bool = False  # flip each image in every other epoch (random in epoch 0)
     ema: float = 0.0  # decay of an exponential moving average of the weights, 0 = off
     tta: bool = False  # evaluate on image + its mirror image
+    tta_shift: int = 0  # also average over views translated by ±tta_shift pixels; 0 = off
     val: int | None = None  # held-out validation images; None = 10% of the training set
     subset: int | None = None  # train on the first N training images (after the val split)
     seed: int = 0
@@ -69,6 +71,7 @@ class TrainConfig:
         need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         need(self.cutout >= 0, "--cutout must be >= 0")
         need(self.crop_pad >= 0, f"--crop-pad must be >= 0, got {self.crop_pad}")
+        need(0 <= self.tta_shift <= 8, f"--tta-shift must be in [0, 8], got {self.tta_shift}")
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
         need(self.subset is None or self.subset >= 1, "--subset must be at least 1")
         need(self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1")

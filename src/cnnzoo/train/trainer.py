@@ -102,7 +102,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             f"({train_idx.numel()} images)"
         )
     per_rank = cfg.batch_size // dist.world_size
-    aug = Augment(pad=cfg.crop_pad, flip=True, cutout=cfg.cutout) if cfg.augment else None
+    aug = (
+        Augment(pad=cfg.crop_pad, cutout=cfg.cutout, alternate_flip=cfg.alternate_flip)
+        if cfg.augment
+        else None
+    )
     common = dict(
         mean=data.mean,
         std=data.std,
@@ -231,7 +235,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         )
         eval_model = ema.module if ema else model
         val = (
-            evaluate(eval_model, val_loader, data.num_classes, amp, cfg.tta, dist)
+            evaluate(eval_model, val_loader, data.num_classes, amp, cfg.tta, dist, cfg.tta_shift)
             if val_loader
             else None
         )
@@ -296,7 +300,9 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
 
     # ---- test: the checkpoint chosen on validation, and the final weights --------------------
     final_model = ema.module if ema else model
-    test_last = evaluate(final_model, test_loader, data.num_classes, amp, cfg.tta, dist)
+    test_last = evaluate(
+        final_model, test_loader, data.num_classes, amp, cfg.tta, dist, cfg.tta_shift
+    )
     if best_epoch == cfg.epochs:  # best.pt holds exactly the final weights: skip a second pass
         test_best = test_last
     else:
@@ -307,7 +313,9 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         best_model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
         best_model = best_model.to(device, memory_format=_memory_format(cfg))
         best_model.load_state_dict(best_state)
-        test_best = evaluate(best_model, test_loader, data.num_classes, amp, cfg.tta, dist)
+        test_best = evaluate(
+            best_model, test_loader, data.num_classes, amp, cfg.tta, dist, cfg.tta_shift
+        )
     seconds = time.perf_counter() - run_start + sum(r["seconds"] for r in history[:start_epoch])
     result = RunResult(
         out,

@@ -157,3 +157,20 @@ def test_speedrun_benchmark_prints_the_figures(
     assert "| 2 | fp32 |" in text and "of the fp32 peak" in text
     ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
     assert 0.001 < ceiling < 1000
+
+
+def test_fastnet_widths_benchmark_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "fastnet_widths", ROOT / "benchmarks" / "fastnet_widths.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--variants", "fastnet:4:8,16,16", "fastnet_small:2:8,8,8", "--seconds", "0.05"]
+    assert mod.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fast")]
+    assert len(rows) == 2
+    assert rows[0].endswith("| 1.00x |") and "| 8/16/16 | 4 |" in rows[0]
+    assert "| 8/8/8 | 2 |" in rows[1]
+    with pytest.raises(SystemExit):
+        mod.main(["--variants", "fastnet"])  # no batch size: an argparse error

@@ -160,6 +160,7 @@ def test_refuses_to_reuse_a_run_directory(tmp_path: Path) -> None:
         ({"batch_size": 10_000}, "larger"),
         ({"model": "nope"}, "unknown model"),
         ({"precision": "fp8"}, "--precision"),
+        ({"tta_shift": 9}, "--tta-shift"),
     ],
 )
 def test_bad_values_are_user_errors(tmp_path: Path, override: dict, match: str) -> None:

@@ -190,6 +190,7 @@ def fastnet_small(
     stem_pad: int = 0,
 ) -> nn.Module:
     """FastNet narrowed for CPUs without AMX: the first group's 24→64 conv runs at 31×31 and
-    is cheap in FLOPs but slow in oneDNN, so it shrinks most (114 vs 236 MFLOP forward; 2.0×
-    the training throughput measured on two AVX-512 cores, batch 128)."""
+    is cheap in FLOPs but slow in oneDNN, so it shrinks most (114 vs 236 MFLOP forward; 2.1×
+    the training images per second on two AVX-512 cores at batch 128, 748 vs 357, measured by
+    ``benchmarks/fastnet_widths.py``)."""
     return FastNet(num_classes, tuple(widths), stem, bias_scale, stem_pad=stem_pad)

@@ -49,8 +49,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 # A 10-minute budget on two AVX-512 cores without AMX (fp32 at ~0.24 TFLOP/s), for
-# ``fastnet_small``: 7 epochs of batch 128 (~71 s each there). Batch 128 trained 22 % more images
-# per second than 1024 on that CPU (fastnet, 351 vs 287 img/s) and gives 8× the steps. The lr
+# ``fastnet_small``: 7 epochs of batch 128 (70-76 s each there). Batch 128 trained 1.4× the
+# images per second of batch 1024 on that CPU (fastnet, 357 vs 255 img/s in
+# benchmarks/fastnet_widths.py) and gives 8× the steps. The lr
 # scales linearly with the batch (1.5/8) and weight_decay stays, so the decay per epoch (lr·wd
 # per step × steps) is that of "fast".
 RECIPES["fast-cpu"] = {

@@ -49,11 +49,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 # A 10-minute budget on two AVX-512 cores without AMX (fp32 at ~0.24 TFLOP/s), for
-# ``fastnet_small``: 7 epochs of batch 128 (70-76 s each there). Batch 128 trained 1.4× the
-# images per second of batch 1024 on that CPU (fastnet, 357 vs 255 img/s in
-# benchmarks/fastnet_widths.py) and gives 8× the steps. The lr
-# scales linearly with the batch (1.5/8) and weight_decay stays, so the decay per epoch (lr·wd
-# per step × steps) is that of "fast".
+# ``fastnet_small`` (``cnnzoo train fastnet_small --recipe fast-cpu``): 7 epochs of batch 128,
+# 70-76 s each there; 5 seeds: 88.44 ± 0.20 % in 540 ± 18 s (docs/results/speedrun/). Batch 128
+# trained 1.4× the images per second of batch 1024 on that CPU (fastnet, 357 vs 255 img/s in
+# benchmarks/fastnet_widths.py) and gives 8× the steps. The lr scales linearly with the batch
+# (1.5/8) and weight_decay stays, so the decay per epoch (lr·wd per step × steps) is that of
+# "fast".
 RECIPES["fast-cpu"] = {
     **RECIPES["fast"],
     "epochs": 7,

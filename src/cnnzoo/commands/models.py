@@ -59,15 +59,16 @@ def run(args: argparse.Namespace) -> int:
             "FLOPs: forward pass of one 3x32x32 image, 2 x multiply-accumulates "
             "(convolutions and linear layers, counted by torch FlopCounterMode)"
         )
+        nw = max([4, *(len(r["name"]) for r in rows)])  # the longest name sets the column
         head = (
-            f"{'name':<11} {'params':>12} {'GFLOPs':>8} {'depth':>5} {'year':>4}  "
+            f"{'name':<{nw}} {'params':>12} {'GFLOPs':>8} {'depth':>5} {'year':>4}  "
             "paper / key feature"
         )
         print(head)
         print("-" * len(head))
         for r in rows:
             print(
-                f"{r['name']:<11} {r['params']:>12,} {r['flops'] / 1e9:>8.3f} {r['depth']:>5} "
+                f"{r['name']:<{nw}} {r['params']:>12,} {r['flops'] / 1e9:>8.3f} {r['depth']:>5} "
                 f"{r['year']:>4}  {r['paper']}: {r['key_feature']}"
             )
     if getattr(args, "plot", None):

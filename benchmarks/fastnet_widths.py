@@ -42,15 +42,13 @@ def parse_variant(text: str) -> tuple[str, int, list[int] | None]:
         raise argparse.ArgumentTypeError(f"batch and widths must be integers: {text!r}") from None
 
 
-def step_rate(model_name: str, batch: int, widths: list[int] | None, seconds: float) -> float:
-    """Training images per second of whole SGD steps."""
-    kwargs = {"widths": widths} if widths else {}
-    model = create_model(model_name, **kwargs).to(memory_format=torch.channels_last)
+def step_rate(model: torch.nn.Module, batch: int, precision: str, seconds: float) -> float:
+    """Training images per second of whole SGD steps of ``model`` (trained in place)."""
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.85, nesterov=True)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.2)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    precision = resolve_precision("auto", torch.device("cpu"))
 
     def step() -> None:
         with autocast(torch.device("cpu"), precision):
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model(name, **({"widths": widths} if widths else {}))
         flops = count_flops(model)
         shown = [group[0].out_channels for group in model.layers]  # each group's first conv
-        rate = step_rate(name, batch, widths, args.seconds)
+        rate = step_rate(model, batch, precision, args.seconds)
         base = base or rate
         print(
             f"| {name} | {'/'.join(map(str, shown))} | {batch} | {flops / 1e6:.0f} | {rate:.0f} "

@@ -137,11 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["model_kwargs"] = args.model_kwargs
     if args.epochs is not None:  # the recipe warms up over 23% of its epochs, as airbench94
         overrides["warmup_epochs"] = 0.23 * args.epochs
-    for key in ("epochs", "subset", "threads", "batch_size", "lr", "precision", "tta_shift"):
+    given = ("epochs", "subset", "threads", "batch_size", "lr", "precision", "tta_shift")
+    for key in (*given, "alternate_flip"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    if args.alternate_flip is not None:
-        overrides["alternate_flip"] = args.alternate_flip
     if args.compile:
         overrides["compile"] = True
     flops = count_flops(

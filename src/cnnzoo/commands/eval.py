@@ -39,13 +39,14 @@ def evaluate_checkpoint(
     from cnnzoo.data import TensorLoader, load_dataset
     from cnnzoo.errors import UserError
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
+    from cnnzoo.train.config import MAX_TTA_SHIFT
     from cnnzoo.train.engine import evaluate
     from cnnzoo.train.runtime import autocast, resolve_device, resolve_precision
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if not 0 <= tta_shift <= 8:
-        raise UserError(f"--tta-shift must be in [0, 8], got {tta_shift}")
+    if not 0 <= tta_shift <= MAX_TTA_SHIFT:
+        raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {tta_shift}")
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
     ds = load_dataset(cfg.get("dataset", "cifar10"), data if data else cfg.get("data"), quiet=True)

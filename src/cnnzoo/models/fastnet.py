@@ -26,6 +26,8 @@ Shapes (CIFAR, N images): (N,3,32,32) → stem (N,24,31,31) → group1 (N,64,15,
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -182,15 +184,10 @@ def fastnet(
     depth=8,
 )
 def fastnet_small(
-    *,
-    num_classes: int = 10,
-    widths: tuple[int, int, int] | list[int] = (32, 192, 192),
-    stem: int = 24,
-    bias_scale: float = 8.0,
-    stem_pad: int = 0,
+    *, widths: tuple[int, int, int] | list[int] = (32, 192, 192), **kwargs: Any
 ) -> nn.Module:
     """FastNet narrowed for CPUs without AMX: the first group's 24→64 conv runs at 31×31 and
     is cheap in FLOPs but slow in oneDNN, so it shrinks most (114 vs 236 MFLOP forward; 2.1×
     the training images per second on two AVX-512 cores at batch 128, 748 vs 357, measured by
-    ``benchmarks/fastnet_widths.py``)."""
-    return FastNet(num_classes, tuple(widths), stem, bias_scale, stem_pad=stem_pad)
+    ``benchmarks/fastnet_widths.py``). Other keywords as ``fastnet``."""
+    return fastnet(widths=widths, **kwargs)

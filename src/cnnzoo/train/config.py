@@ -9,6 +9,7 @@ from typing import Any
 from cnnzoo.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_TTA_SHIFT = 8  # translate-TTA pixels; reflection padding needs fewer than the image side
 SCHEDULES = ("cosine", "linear", "constant", "step")  # step: ÷10 at 50% and 75% (He et al.)
 
 
@@ -71,7 +72,10 @@ class TrainConfig:
         need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         need(self.cutout >= 0, "--cutout must be >= 0")
         need(self.crop_pad >= 0, f"--crop-pad must be >= 0, got {self.crop_pad}")
-        need(0 <= self.tta_shift <= 8, f"--tta-shift must be in [0, 8], got {self.tta_shift}")
+        need(
+            0 <= self.tta_shift <= MAX_TTA_SHIFT,
+            f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {self.tta_shift}",
+        )
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
         need(self.subset is None or self.subset >= 1, "--subset must be at least 1")
         need(self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1")

@@ -21,7 +21,7 @@ from cnnzoo.models import create_model, model_info
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.config import TrainConfig, lr_at
 from cnnzoo.train.ema import EMA
-from cnnzoo.train.engine import evaluate, train_epoch
+from cnnzoo.train.engine import EvalResult, evaluate, train_epoch
 from cnnzoo.train.progress import Progress
 from cnnzoo.train.rundir import (
     append_jsonl,
@@ -175,6 +175,10 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
     def amp():
         return autocast(device, precision)
 
+    def evaluate_on(m: nn.Module, loader: TensorLoader) -> EvalResult:
+        """The run's evaluation: its TTA settings, summed over ranks."""
+        return evaluate(m, loader, data.num_classes, amp, cfg.tta, dist, cfg.tta_shift)
+
     def set_lr() -> float:
         nonlocal step
         lr = lr_at(cfg, step, total_steps, steps_per_epoch)
@@ -234,11 +238,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             on_batch=progress.batch if progress.wants_batches else None,
         )
         eval_model = ema.module if ema else model
-        val = (
-            evaluate(eval_model, val_loader, data.num_classes, amp, cfg.tta, dist, cfg.tta_shift)
-            if val_loader
-            else None
-        )
+        val = evaluate_on(eval_model, val_loader) if val_loader else None
         row = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
@@ -300,9 +300,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
 
     # ---- test: the checkpoint chosen on validation, and the final weights --------------------
     final_model = ema.module if ema else model
-    test_last = evaluate(
-        final_model, test_loader, data.num_classes, amp, cfg.tta, dist, cfg.tta_shift
-    )
+    test_last = evaluate_on(final_model, test_loader)
     if best_epoch == cfg.epochs:  # best.pt holds exactly the final weights: skip a second pass
         test_best = test_last
     else:
@@ -313,9 +311,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         best_model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
         best_model = best_model.to(device, memory_format=_memory_format(cfg))
         best_model.load_state_dict(best_state)
-        test_best = evaluate(
-            best_model, test_loader, data.num_classes, amp, cfg.tta, dist, cfg.tta_shift
-        )
+        test_best = evaluate_on(best_model, test_loader)
     seconds = time.perf_counter() - run_start + sum(r["seconds"] for r in history[:start_epoch])
     result = RunResult(
         out,

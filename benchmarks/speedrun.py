@@ -24,6 +24,11 @@ backward pass is counted as 2 forwards). It is compared with three peaks:
     python benchmarks/speedrun.py --seeds 1
     python benchmarks/speedrun.py --seeds 1 --model fastnet --recipe fast
     python benchmarks/speedrun.py --seeds 5 --data ../shared/data/cifar10/cifar-10-python.tar.gz
+    python benchmarks/speedrun.py --seeds 3 --versus fastnet:fast   # alternate with a baseline
+
+``--versus MODEL:RECIPE`` runs that second configuration too, alternating the two seed by seed
+(A0 B0 A1 B1 ...) so that both meet the same machine conditions, and prints each one's summary
+and the ratio of their mean wall times (A / B).
 """
 
 from __future__ import annotations
@@ -126,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--peak-tflops", type=float, help="skip measuring the conv ceiling; use this figure"
     )
+    p.add_argument(
+        "--versus",
+        metavar="MODEL:RECIPE",
+        help="also run this configuration, alternating seed by seed; print the time ratio",
+    )
     p.add_argument("--out", help="keep run directories here (default: a temporary folder)")
     p.add_argument("--json", help="also write the per-seed figures and summary to this file")
     args = p.parse_args(argv)
@@ -133,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--seeds must be at least 1")
 
     overrides: dict = {"data": args.data, "quiet": True}
-    if args.model_kwargs:
-        overrides["model_kwargs"] = args.model_kwargs
     if args.epochs is not None:  # the recipe warms up over 23% of its epochs, as airbench94
         overrides["warmup_epochs"] = 0.23 * args.epochs
     given = ("epochs", "subset", "threads", "batch_size", "lr", "precision", "tta_shift")
@@ -164,63 +172,28 @@ def main(argv: list[str] | None = None) -> int:
         f"TFLOP/s ({peak_note})",
         flush=True,
     )
-    rows = []
+    configs = {(args.model, args.recipe): args.model_kwargs}  # --model-kwargs: A's only
+    if args.versus:
+        model_b, _, recipe_b = args.versus.partition(":")
+        configs[(model_b, recipe_b or args.recipe)] = {}
+    rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
     for seed in range(args.seeds):
-        cfg = recipe_config(
-            args.recipe, args.model, seed=seed, out=str(root / f"seed{seed}"), **overrides
+        for (model, recipe), kwargs in configs.items():
+            out = root / f"{model}-{recipe}-seed{seed}"
+            rows[(model, recipe)].append(
+                run_one(model, recipe, seed, out, {**overrides, "model_kwargs": kwargs}, measured)
+            )
+    summaries = {c: summarize(rs, precision, measured, theo, theo32) for c, rs in rows.items()}
+    for (model, recipe), line in summaries.items():
+        print(f"\nsummary over {args.seeds} seed(s), {model} --recipe {recipe}:")
+        print(TABLE_HEAD)
+        print(line)
+    if args.versus:
+        (a, ra), (b, rb) = rows.items()
+        ratio = statistics.fmean(r["wall_s"] for r in ra) / statistics.fmean(
+            r["wall_s"] for r in rb
         )
-        cpu0 = _cpu_seconds()
-        start = time.perf_counter()
-        result = train(cfg)
-        wall = time.perf_counter() - start
-        cpu = _cpu_seconds() - cpu0
-        cfg_resolved = json.loads((result.out_dir / "config.json").read_text())
-        steps = cfg_resolved["steps_per_epoch"] * cfg.epochs
-        train_images = steps * cfg.batch_size
-        # one test pass: × 2 with mirror images, × 3 with translated views
-        eval_images = 10_000 * (2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1)
-        if is_synthetic(cfg.data) or cfg.subset:
-            eval_images = None
-        total = 3 * flops * train_images + flops * (eval_images or 0)
-        train_seconds = sum(r["seconds"] for r in result.history)
-        row = {
-            "seed": seed,
-            "wall_s": wall,
-            "cpu_s": cpu,  # user + system CPU seconds of this process: < 2 x wall when shared
-            "train_s": train_seconds,
-            "test_acc": result.test_acc_last,
-            "img_per_s": train_images / train_seconds,
-            "tflops": total / wall / 1e12,
-        }
-        rows.append(row)
-        print(
-            f"seed {seed}: wall {wall:7.1f} s (CPU {cpu:.0f} s; training {train_seconds:.1f} s, "
-            f"{row['img_per_s']:.0f} img/s), test acc {row['test_acc']:.4f}, "
-            f"{row['tflops']:.3f} TFLOP/s = {row['tflops'] / measured:.0%} of the measured "
-            f"{measured:.3f}, {row['tflops'] / theo:.1%} of the bf16 peak {theo:.2f}, "
-            f"{row['tflops'] / theo32:.1%} of the fp32 peak {theo32:.2f}",
-            flush=True,
-        )
-
-    def mean_std(key: str) -> tuple[float, float]:
-        vals = [r[key] for r in rows]
-        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
-
-    acc, acc_sd = mean_std("test_acc")
-    wall, wall_sd = mean_std("wall_s")
-    tf, _ = mean_std("tflops")
-    ips, _ = mean_std("img_per_s")
-    print(f"\nsummary over {len(rows)} seed(s):")
-    print(
-        "| seeds | precision | wall time (s) | test acc (%) | train img/s | TFLOP/s "
-        "| of measured conv | of bf16 peak | of fp32 peak |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {len(rows)} | {precision} | {wall:.1f} ± {wall_sd:.1f} "
-        f"| {100 * acc:.2f} ± {100 * acc_sd:.2f} | {ips:.0f} | {tf:.3f} | {tf / measured:.0%} "
-        f"| {tf / theo:.1%} | {tf / theo32:.1%} |"
-    )
+        print(f"\nwall time {a[0]} {a[1]} / {b[0]} {b[1]}: {ratio:.3f}x (same run, alternated)")
     print(
         f"peaks: conv ceiling {measured:.3f} TFLOP/s ({peak_note}, "
         f"{torch.get_num_threads()} threads); theoretical bf16 {theo:.2f} TFLOP/s = {theo_basis}; "
@@ -230,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(
             json.dumps(
                 {
-                    "runs": rows,
+                    "runs": {f"{m}:{r}": rs for (m, r), rs in rows.items()},
                     "flops_per_image": flops,
                     "overrides": overrides,
                     "precision": precision,
@@ -242,6 +215,69 @@ def main(argv: list[str] | None = None) -> int:
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+TABLE_HEAD = (
+    "| seeds | precision | wall time (s) | test acc (%) | train img/s | TFLOP/s "
+    "| of measured conv | of bf16 peak | of fp32 peak |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def run_one(model, recipe, seed, out, overrides, measured) -> dict:
+    """One full training run, timed around the whole ``train`` call."""
+    # forward FLOPs per 32×32 image
+    flops = count_flops(create_model(model, **overrides["model_kwargs"]))
+    cfg = recipe_config(recipe, model, seed=seed, out=str(out), **overrides)
+    cpu0 = _cpu_seconds()
+    start = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu0
+    cfg_resolved = json.loads((result.out_dir / "config.json").read_text())
+    steps = cfg_resolved["steps_per_epoch"] * cfg.epochs
+    train_images = steps * cfg.batch_size
+    # one test pass: × 2 with mirror images, × 3 with translated views
+    eval_images = 10_000 * (2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1)
+    if is_synthetic(cfg.data) or cfg.subset:
+        eval_images = None
+    total = 3 * flops * train_images + flops * (eval_images or 0)
+    train_seconds = sum(r["seconds"] for r in result.history)
+    row = {
+        "seed": seed,
+        "wall_s": wall,
+        "cpu_s": cpu,  # user + system CPU seconds of this process: < 2 x wall when shared
+        "train_s": train_seconds,
+        "test_acc": result.test_acc_last,
+        "img_per_s": train_images / train_seconds,
+        "tflops": total / wall / 1e12,
+        "epoch_s": [r["seconds"] for r in result.history],
+    }
+    print(
+        f"{model} {recipe} seed {seed}: wall {wall:7.1f} s (CPU {cpu:.0f} s; training "
+        f"{train_seconds:.1f} s, {row['img_per_s']:.0f} img/s), test acc "
+        f"{row['test_acc']:.4f}, {row['tflops']:.3f} TFLOP/s = {row['tflops'] / measured:.0%} "
+        f"of the measured {measured:.3f}",
+        flush=True,
+    )
+    return row
+
+
+def summarize(rows: list[dict], precision: str, measured: float, theo: float, theo32: float):
+    """One Markdown table row: means ± sample std over seeds."""
+
+    def mean_std(key: str) -> tuple[float, float]:
+        vals = [r[key] for r in rows]
+        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+    acc, acc_sd = mean_std("test_acc")
+    wall, wall_sd = mean_std("wall_s")
+    tf, _ = mean_std("tflops")
+    ips, _ = mean_std("img_per_s")
+    return (
+        f"| {len(rows)} | {precision} | {wall:.1f} ± {wall_sd:.1f} "
+        f"| {100 * acc:.2f} ± {100 * acc_sd:.2f} | {ips:.0f} | {tf:.3f} | {tf / measured:.0%} "
+        f"| {tf / theo:.1%} | {tf / theo32:.1%} |"
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from torch.utils.data import Dataset as TorchDataset
 from cnnzoo.data import Augment, TensorLoader, load_dataset
 from cnnzoo.models import count_flops, create_model
 from cnnzoo.train.engine import train_epoch
-from cnnzoo.train.runtime import autocast, resolve_device, resolve_precision
+from cnnzoo.train.precision import cpu_key
+from cnnzoo.train.runtime import autocast, choose_precision, resolve_device, resolve_precision
 
 MODELS = ("resnet18", "plain18", "vgg16", "resnet56", "googlenet")
 SLOW = {"googlenet": 3}  # timed steps for models whose fp32 step takes half a minute here
@@ -115,7 +116,7 @@ def time_cnnzoo(name, data, batch, warmup, steps, device, precision) -> float:
     return run(steps)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="CIFAR-10 archive/folder, or 'synthetic'")
     p.add_argument("--models", nargs="+", default=list(MODELS))
@@ -124,7 +125,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="cnnzoo side: auto, fp32 or bf16")
-    args = p.parse_args()
+    p.add_argument(
+        "--precisions",
+        action="store_true",
+        help="instead of the reference: cnnzoo in bf16, fp32 and auto, and auto / the faster",
+    )
+    args = p.parse_args(argv)
+    if args.precisions:
+        return compare_precisions(args)
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -150,6 +158,44 @@ def main() -> None:
             f"{3 * flops * ref / 1e12:>11.3f} {3 * flops * ours / 1e12:>14.3f}",
             flush=True,
         )
+
+
+def compare_precisions(args: argparse.Namespace) -> None:
+    """``--precision auto`` against both explicit precisions, timed in the same run."""
+    device = resolve_device(args.device)
+    choice = choose_precision("auto", device)
+    data = load_dataset("cifar10", args.data, quiet=True)
+    print(f"{cpu_label(device)}, torch {torch.__version__}, batch {args.batch_size}")
+    print(f"auto -> {choice.precision} ({choice.reason})")
+    print(
+        f"{'model':<10} {'bf16 img/s':>10} {'fp32 img/s':>10} {'auto img/s':>10} {'auto/best':>9}"
+    )
+    for name in args.models:
+        rate = {  # "auto" runs the chosen precision through the same code, timed on its own
+            p: time_cnnzoo(
+                name,
+                data,
+                args.batch_size,
+                args.warmup,
+                args.steps,
+                device,
+                choice.precision if p == "auto" else p,
+            )
+            for p in ("bf16", "fp32", "auto")
+        }
+        best = max(rate["bf16"], rate["fp32"])
+        print(
+            f"{name:<10} {rate['bf16']:>10.1f} {rate['fp32']:>10.1f} {rate['auto']:>10.1f} "
+            f"{rate['auto'] / best:>8.2f}x",
+            flush=True,
+        )
+
+
+def cpu_label(device: torch.device) -> str:
+    """The device with its model name and threads, to print beside every figure."""
+    if device.type == "cuda":
+        return f"device {torch.cuda.get_device_name(device)}"
+    return f"device cpu ({cpu_key().split(' | flags')[0]}, {torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

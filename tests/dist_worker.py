@@ -4,7 +4,9 @@ Started by torchrun in tests/test_distributed.py. ``CNNZOO_TEST_FAULT=die`` make
 ``CNNZOO_TEST_FAULT_RANK`` (default 1) exit abruptly after the first training batch of epoch
 ``CNNZOO_TEST_FAULT_EPOCH`` (default: the first epoch it trains), as a crashed or OOM-killed
 worker would; ``hang`` makes it stop responding there instead (the other ranks then
-wait in a collective until ``$CNNZOO_DIST_TIMEOUT`` ends it). Without the variable it adds nothing.
+wait in a collective until ``$CNNZOO_DIST_TIMEOUT`` ends it); ``diverge`` makes that rank's
+loss read as huge (its gradients unchanged), as a rank that alone sees the loss explode.
+Without the variable it adds nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ if FAULT and int(os.environ.get("RANK", "0")) == FAULT_RANK:
     def train_epoch(net, batches, *args, **kwargs):
         global _epochs_seen
         _epochs_seen += 1
-        if _epochs_seen == FAULT_EPOCH:
+        if _epochs_seen == FAULT_EPOCH and FAULT == "diverge":
+            criterion = args[1]  # after (net, batches): optimizer, criterion, amp, ...
+
+            def huge(out, y):  # the value × 1e6, the gradient as it was
+                loss = criterion(out, y)
+                return loss + 1e6 * loss.detach()
+
+            args = (args[0], huge, *args[2:])
+        elif _epochs_seen == FAULT_EPOCH:
             batches = _faulty(batches)
         return _train_epoch(net, batches, *args, **kwargs)
 

@@ -147,3 +147,31 @@ def test_bad_input_is_one_error_line(argv: list[str], message: str, capsys) -> N
     code, _, err = run_main(argv, capsys)
     assert code == 2
     assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_runs_record_their_class_count(compared: Path) -> None:
+    """compare sizes each model from the run's recorded class count, not the dataset's name."""
+    configs = [json.loads(p.read_text()) for p in compared.rglob("config.json")]
+    assert configs and all(c["num_classes"] == 10 for c in configs)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_started_again(tmp_path: Path) -> None:
+    """Its leftovers, folders included (tensorboard/), must not make the rerun refuse it."""
+    from cnnzoo import cli
+
+    dead = tmp_path / "out" / "runs" / "resnet20-s0"
+    (dead / "tensorboard").mkdir(parents=True)
+    (dead / "tensorboard" / "events.out").write_text("x")
+    (dead / "config.json").write_text("{}")
+    argv = [
+        "compare",
+        "resnet20",
+        "plain20",
+        "--out",
+        str(tmp_path / "out"),
+        *TINY,
+        "--epochs",
+        "1",
+    ]
+    assert cli.main(argv) == 0
+    assert json.loads((dead / "summary.json").read_text())["epochs"] == 2

@@ -185,6 +185,16 @@ def test_torchrun_two_ranks_writes_one_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_compare_under_torchrun_writes_its_figures_once(tmp_path):
+    argv = ["-m", "cnnzoo", "compare", "resnet20", "plain20", *SMALL, "--epochs", "1"]
+    proc = _ok(_torchrun([*argv, "--out", "C"], tmp_path))
+    assert proc.stdout.count("| model |") == 1  # rank 0 alone prints (and writes) the table
+    assert (tmp_path / "C" / "summary.md").is_file()
+    refused = _torchrun(argv, tmp_path)  # without --out each rank would name its own folder
+    assert refused.returncode != 0 and "give --out" in refused.stderr
+
+
+@pytest.mark.slow
 def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
     proc = _torchrun(
         ["-m", "cnnzoo", "train", "resnet20", *SMALL, "--sync-bn", "--out", "R"], tmp_path
@@ -204,6 +214,21 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     )
     assert proc.returncode != 0
     assert "exitcode  : 3" in proc.stderr  # torchrun names the rank that failed
+    assert not (tmp_path / "R" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_rank_that_diverges_stops_every_rank_together(tmp_path):
+    proc = _torchrun(
+        [str(WORKER), "train", "resnet20", *SMALL, "--epochs", "1", "--out", "R"],
+        tmp_path,
+        timeout=90,
+        CNNZOO_TEST_FAULT="diverge",
+        CNNZOO_DIST_TIMEOUT="60",
+    )
+    assert proc.returncode != 0
+    # both ranks saw the summed loss and stopped with the same line, none killed in a wait
+    assert proc.stderr.count("error: training diverged") == 2, proc.stderr[-3000:]
     assert not (tmp_path / "R" / "summary.json").exists()
 
 

@@ -13,6 +13,7 @@ from helpers import assert_one_error_line, make_checkpoint, run_main
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from cnnzoo.atomic import current_umask  # noqa: E402
 from cnnzoo.data import normalize  # noqa: E402
 from cnnzoo.data.synthetic import make_synthetic  # noqa: E402
 from cnnzoo.inference.export import ExportMismatch, export_onnx  # noqa: E402
@@ -36,6 +37,8 @@ def test_cli_export_dynamic_batch_and_metadata(ckpt, tmp_path, capsys):
     assert out.is_file()
     assert "max abs diff" in stdout and "synthetic test split" in stdout
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    # the usual permissions, not mkstemp's private 0600 (a bug found in review)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     meta = {p.key: p.value for p in proto.metadata_props}

@@ -151,10 +151,19 @@ def test_speedrun_benchmark_prints_the_figures(
     argv += ["--model-kwargs", json.dumps(TINY), "--out", str(tmp_path), "--json", str(out_json)]
     assert mod.main(argv) == 0
     text = capsys.readouterr().out
-    assert "seed 1:" in text and "TFLOP/s" in text and "summary over 2 seed(s)" in text
-    runs = json.loads(out_json.read_text())["runs"]
+    assert "fastnet_small fast-cpu seed 1:" in text and "TFLOP/s" in text
+    assert "summary over 2 seed(s), fastnet_small --recipe fast-cpu" in text
+    runs = json.loads(out_json.read_text())["runs"]["fastnet_small:fast-cpu"]
     assert len(runs) == 2 and all(r["wall_s"] > 0 and r["tflops"] > 0 for r in runs)
-    assert "| 2 | fp32 |" in text and "of the fp32 peak" in text
+    assert "| 2 | fp32 |" in text and "theoretical fp32" in text
+    # --versus: the two configurations alternate, and the time ratio is printed
+    argv[1] = "1"
+    assert mod.main([*argv, "--versus", "fastnet_small:fast"]) == 0
+    text = capsys.readouterr().out
+    order = [text.index("fast-cpu seed 0:"), text.index("fastnet_small fast seed 0:")]
+    assert (
+        order == sorted(order) and "wall time fastnet_small fast-cpu / fastnet_small fast" in text
+    )
     ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
     assert 0.001 < ceiling < 1000
 

@@ -124,6 +124,21 @@ def test_unknown_model(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [('{"bogus": 1}', "takes no keyword argument(s) bogus"), ('{"shortcut": "Z"}', "shortcut")],
+)
+def test_bad_model_kwargs_fail_before_any_data_is_read(tmp_path, capsys, kwargs, needle):
+    out = tmp_path / "r"
+    missing = tmp_path / "no-such-archive.tar.gz"  # reading it would be a different error
+    argv = ["train", "resnet20", "--data", str(missing), "--model-kwargs", kwargs]
+    code, _, err = run_main([*argv, "--out", str(out)], capsys)
+    assert code == 2
+    line = assert_one_error_line(err)
+    assert "--model-kwargs" in line and needle in line
+    assert not out.exists()
+
+
 def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "r"
     out.mkdir()
@@ -241,10 +256,10 @@ def _start(out: Path, slow_save: float = 0.0, resume: bool = False) -> subproces
     args = (
         ["train", "--resume", str(out), "--quiet"] if resume else [*TINY_TRAIN, "--out", str(out)]
     )
-    env = {"CNNZOO_TEST_SLOW_SAVE_S": str(slow_save)} if slow_save else {}
+    worker = [str(Path(__file__).with_name("slow_save_worker.py")), str(slow_save)]
     return subprocess.Popen(
-        [sys.executable, "-m", "cnnzoo", *args],
-        env=cnnzoo_env(env),
+        [sys.executable, *(worker if slow_save else ["-m", "cnnzoo"]), *args],
+        env=cnnzoo_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -45,7 +45,8 @@ def test_json_has_one_finite_norm_per_conv(tmp_path: Path, capsys) -> None:
 
 def test_norms_match_a_direct_backward_pass() -> None:
     """The numbers are d(loss)/d(weight) of the model built from the seed, on the batch."""
-    x, y = gf.training_batch("cifar10", "synthetic", batch_size=8, seed=3)
+    x, y, num_classes = gf.training_batch("cifar10", "synthetic", batch_size=8, seed=3)
+    assert num_classes == 10
     res = gf.measure_models(["resnet20"], x, y, seed=5)["resnet20"]
     torch.manual_seed(5)
     model = create_model("resnet20").train()
@@ -110,3 +111,26 @@ def test_sweep_lists_the_six_models() -> None:
 def test_bad_input(argv: list[str], message: str, capsys) -> None:
     code, _, err = run_main(argv, capsys)
     assert code == 2 and err.startswith("error:") and message in err
+
+
+def test_generated_data_has_ten_classes_whatever_the_dataset_says() -> None:
+    """--dataset cifar100 --data synthetic: the data (and so the models) have 10 classes."""
+    _, y, num_classes = gf.training_batch("cifar100", "synthetic", batch_size=8, seed=0)
+    assert num_classes == 10 and int(y.max()) < 10
+
+
+def test_measurement_uses_local_batch_norm_for_a_sync_bn_model() -> None:
+    """Under torchrun --sync-bn, rank 0 measures alone, and a training-mode SyncBatchNorm forward
+    is a collective the other ranks never join (they hung). The measured copy uses BatchNorm2d
+    with the same state; the model itself keeps its SyncBatchNorm. (The hang needs CUDA ranks.)"""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(create_model("resnet20"))
+    local = gf._local_batch_norm(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in local.modules())
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(local.train()(x), model.train()(x))  # one process: the same numbers
+    _, norms = gf.conv_grad_norms(model, x, torch.randint(0, 10, (4,)))
+    assert len(norms) == 19 and all(math.isfinite(n) and n > 0 for n in norms)

@@ -261,14 +261,133 @@ def test_cli_stop_after_then_resume(tmp_path: Path) -> None:
     assert (out / "summary.json").is_file()
 
 
-def test_auto_precision_picks_bf16_only_where_it_is_faster() -> None:
-    from cnnzoo.train.runtime import cpu_has_fast_bf16, resolve_precision
+def test_auto_precision_decision_with_injected_timings(tmp_path, monkeypatch) -> None:
+    from cnnzoo.train import precision as prec
 
-    assert cpu_has_fast_bf16("flags : fpu avx512f amx_bf16 amx_tile avx512_bf16")
-    # AVX512-BF16 without AMX: measured slower than fp32 for convolutions (see the docstring)
-    assert not cpu_has_fast_bf16("flags : fpu avx512f avx512_bf16")
-    assert not cpu_has_fast_bf16("flags : fpu avx2")
+    # The measured CPUs (shared/notes/cpu-performance.md): Zen 5, AMX Xeon, Xeon without AMX.
+    assert prec.choose(bf16_tflops=0.81, fp32_tflops=0.44) == "bf16"
+    assert prec.choose(bf16_tflops=1.26, fp32_tflops=0.30) == "bf16"
+    assert prec.choose(bf16_tflops=0.06, fp32_tflops=0.13) == "fp32"
+    assert prec.choose(bf16_tflops=0.45, fp32_tflops=0.44) == "fp32"  # within noise: fp32
+
+    calls: list[object] = []
+    speeds = {None: 0.40, torch.bfloat16: 0.80}
+
+    def fake_conv_tflops(dtype):
+        calls.append(dtype)
+        return speeds[dtype]
+
+    monkeypatch.setattr(prec, "conv_tflops", fake_conv_tflops)
+    first = prec.cpu_precision(tmp_path)
+    assert (first.precision, first.cached, len(calls)) == ("bf16", False, 2)
+    assert "bf16 0.800 vs fp32 0.400" in first.reason
+    again = prec.cpu_precision(tmp_path)  # cached per CPU key: no new measurement
+    assert (again.precision, again.cached, len(calls)) == ("bf16", True, 2)
+    speeds[torch.bfloat16] = 0.20  # another CPU (or torch, or thread count): measured anew
+    monkeypatch.setattr(prec, "cpu_key", lambda: "another cpu")
+    other = prec.cpu_precision(tmp_path)
+    assert (other.precision, other.cached, len(calls)) == ("fp32", False, 4)
+    (tmp_path / "precision.json").write_text("{not json")  # a broken cache: measure again
+    assert prec.cpu_precision(tmp_path).cached is False
+
+
+def test_cpu_key_names_model_flags_torch_and_threads() -> None:
+    from cnnzoo.train.precision import cpu_key
+
+    a = cpu_key("model name\t: AMD EPYC\nflags\t: avx512f avx512_bf16\n")
+    b = cpu_key("model name\t: AMD EPYC\nflags\t: avx512f avx512_bf16 amx_bf16\n")
+    assert a.startswith("AMD EPYC | flags ") and a != b
+    assert torch.__version__ in a and f"{torch.get_num_threads()} thr" in a
+
+
+def test_explicit_precision_wins_and_auto_is_recorded(tmp_path) -> None:
+    from cnnzoo.train.runtime import choose_precision, resolve_precision
+
     assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
-    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    explicit = choose_precision("fp32", torch.device("cpu"))
+    assert (explicit.precision, explicit.measured) == ("fp32", None)
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
+    train(TrainConfig(**{**SMALL, "precision": "auto", "epochs": 1, "out": str(tmp_path / "r")}))
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["precision"] in ("bf16", "fp32") and cfg["precision_reason"].startswith("auto: ")
+    assert set(cfg["precision_measured"]) == {"bf16_tflops", "fp32_tflops"}
+
+
+def test_eval_follows_the_runs_tta_unless_told(tmp_path: Path, capsys) -> None:
+    """`cnnzoo eval RUN` reports what summary.json reports: same checkpoint, same views."""
+    out = tmp_path / "r"
+    train(TrainConfig(**SMALL, epochs=1, tta=True, tta_shift=1, out=str(out)))
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out), "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["views"] == "flip TTA + shifts of ±1 px"
+    assert got["accuracy"] == summary["test_acc"]
+    assert main(["eval", str(out), "--format", "json", "--no-tta"]) == 0
+    assert json.loads(capsys.readouterr().out)["views"] == "image only"
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r"
+    train(TrainConfig(**SMALL, epochs=2, stop_after=1, out=str(out)))
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--lr", "0.5", "--epochs", "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume continues") and "--lr, --epochs" in err
+    assert len(err.splitlines()) == 1 and (out / "last.pt").read_bytes() == before
+    assert main(["train", "resnet20", "--resume", str(out)]) == 2  # a model name too
+    assert main(["train", "--resume", str(out), "--quiet", "--stop-after", "2"]) == 0
+
+
+def test_restart_after_a_kill_in_epoch_one_keeps_one_gradflow_row_per_epoch(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "r"
+    train(TrainConfig(**SMALL, epochs=2, stop_after=1, record_gradflow=True, out=str(out)))
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv"):
+        (out / name).unlink()  # as if killed in epoch 1, after the epoch-0 gradient row
+    train(TrainConfig(quiet=True), resume=out)
+    rows = [json.loads(r) for r in (out / "gradflow.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+def test_progress_bar_reads_the_running_stats_only_when_it_redraws(capsys) -> None:
+    """On a terminal the bar advances every step but syncs the device (reads the stats) at
+    most every REDRAW_S seconds, not every step."""
+    from cnnzoo.train.progress import Progress
+
+    progress = Progress(1)
+    progress.tty = True
+    progress.start_epoch(1, steps=200)
+    calls = []
+
+    def stats():
+        calls.append(1)
+        return 1.0, 0.5, 64 * len(calls)
+
+    for _ in range(200):
+        progress.batch(stats)
+    assert progress.bar.n == 200 and len(calls) <= 2
+
+
+def test_tensorboard_writer_is_closed_however_the_run_ends(tmp_path: Path, monkeypatch) -> None:
+    from cnnzoo.train import trainer
+
+    closed: list[str] = []
+
+    class Writer:
+        def add_scalar(self, *args) -> None:
+            pass
+
+        def close(self) -> None:
+            closed.append("closed")
+
+    monkeypatch.setattr(trainer, "_tensorboard", lambda *args: Writer())
+    train(TrainConfig(**SMALL, epochs=2, stop_after=1, tensorboard=True, out=str(tmp_path / "a")))
+    assert closed == ["closed"]  # stopped early
+    with pytest.raises(TrainingDiverged):
+        train(TrainConfig(**{**SMALL, "lr": 1e4}, epochs=1, tensorboard=True,
+                          out=str(tmp_path / "b")))  # fmt: skip
+    assert closed == ["closed", "closed"]  # ended by an error

@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import IO
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", before_rename=None) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write ``path`` through a temp file in the same folder, then fsync and rename it into place.
 
     A crash or an exception at any moment leaves either the old file or the new one, never a torn
     one; on an exception the temp file is removed and ``path`` is untouched. The new file gets the
     usual permissions (0666 less the umask), not ``mkstemp``'s private 0600.
-    ``before_rename`` (optional) is called after the data is on disk, before the rename.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -32,9 +32,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", before_rename=None) -
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        if before_rename is not None:
-            before_rename()
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,6 +1,7 @@
-"""The ``cnnzoo`` command line. Each subcommand lives in ``cnnzoo/commands/<name>.py`` and
-exposes ``add_parser(subparsers)`` (which sets ``func``); heavy imports happen inside ``func``,
-so ``cnnzoo --help`` stays fast.
+"""The ``cnnzoo`` command line.
+
+Each subcommand lives in ``cnnzoo/commands/<name>.py`` and exposes ``add_parser(subparsers)``
+(which sets ``func``); heavy imports happen inside ``func``, so ``cnnzoo --help`` stays fast.
 
 Exit codes: 0 success, 1 a failure while running (e.g. training diverged), 2 bad input.
 """
@@ -33,7 +34,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cnnzoo", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="cnnzoo",
+        description="Classic CNN architectures from their papers (VGG, ResNet and its plain "
+        "twins, Inception, FastNet): train them on CIFAR, evaluate, predict, export, and rerun "
+        "the papers' experiments.",
+        epilog="`cnnzoo COMMAND --help` describes each command. Exit codes: 0 success, "
+        "1 a failure while running, 2 bad input.",
+    )
     from cnnzoo import __version__
 
     parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")
@@ -46,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group the trainer joined (once, at the very end: a
+    command like compare trains several runs in one group)."""
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:

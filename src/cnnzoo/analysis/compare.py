@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,11 +96,10 @@ def train_runs(
                 log(f"resuming {run_dir}")
                 train(make_config(model, seed, run_dir), resume=run_dir)
             else:
-                if run_dir.exists() and any(run_dir.iterdir()):
-                    # a run that died before its first checkpoint: start it again
-                    for f in run_dir.iterdir():
-                        if f.is_file():
-                            f.unlink()
+                if run_dir.exists():
+                    # a run of this comparison's that died before its first checkpoint: start it
+                    # again from nothing (its folders too, such as tensorboard/)
+                    shutil.rmtree(run_dir)
                 train(make_config(model, seed, run_dir))
             runs.append(load_run(run_dir))
     return runs
@@ -132,7 +132,8 @@ def summary_rows(groups: dict[str, list[Run]]) -> list[dict[str, Any]]:
     rows = []
     for model, runs in groups.items():
         cfg = runs[0].config
-        num_classes = 100 if cfg.get("dataset") == "cifar100" else 10
+        # recorded by the trainer; older runs: from the dataset name (not for generated data)
+        num_classes = cfg.get("num_classes") or (100 if cfg.get("dataset") == "cifar100" else 10)
         net = create_model(model, num_classes=num_classes, **cfg.get("model_kwargs", {}))
         val_m, val_s = _mean_std([r.summary.get("best_val_acc") for r in runs])
         test_m, test_s = _mean_std([r.summary.get("test_acc") for r in runs])

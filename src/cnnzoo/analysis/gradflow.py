@@ -32,6 +32,26 @@ def conv_layers_in_order(model: nn.Module, x: Tensor) -> list[str]:
     return [n for n in order if not (n in seen or seen.add(n))]
 
 
+def _local_batch_norm(module: nn.Module) -> nn.Module:
+    """SyncBatchNorm layers as plain BatchNorm2d with the same state: the measurement runs on
+    one rank, and a training-mode SyncBatchNorm forward is a collective the other ranks never
+    join (they would hang)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            ).to(next(child.buffers()).device)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            _local_batch_norm(child)
+    return module
+
+
 def conv_grad_norms(
     model: nn.Module,
     x: Tensor,
@@ -40,9 +60,12 @@ def conv_grad_norms(
     amp: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> tuple[list[str], list[float]]:
     """(layer names, L2 norms of d loss / d weight) for every conv, input side first."""
-    work = copy.deepcopy(model).train()
+    work = _local_batch_norm(copy.deepcopy(model)).train()
     criterion = criterion or nn.CrossEntropyLoss()
-    with torch.random.fork_rng(devices=[]):
+    # dropout in the copy draws random numbers: on the device of x too, so that a run with
+    # --record-gradflow keeps the same random streams as one without (CPU and CUDA alike)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         order = conv_layers_in_order(work, x)
         # the ordering pass above updated BN statistics of the copy only; restore them anyway
         work.load_state_dict(model.state_dict())
@@ -71,9 +94,10 @@ SWEEP_MODELS = ("plain20", "plain56", "plain110", "resnet20", "resnet56", "resne
 
 def training_batch(
     dataset: str = "cifar10", data: str | None = None, batch_size: int = 128, seed: int = 0
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, int]:
     """The first batch of a seeded, augmented training epoch: the kind of batch a real training
-    step sees (normalised like training, random crop + flip), so the norms match ``train``'s."""
+    step sees (normalised like training, random crop + flip), so the norms match ``train``'s;
+    and the data's class count (generated data has 10, whatever ``dataset`` says)."""
     from cnnzoo.data import Augment, TensorLoader, load_dataset
     from cnnzoo.errors import UserError
 
@@ -94,7 +118,8 @@ def training_batch(
         seed=seed,
     )
     loader.set_epoch(1)
-    return next(iter(loader))
+    x, y = next(iter(loader))
+    return x, y, ds.num_classes
 
 
 def measure_models(

@@ -8,6 +8,7 @@ summary.md/.csv/.json to ``--out``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.models:
         model_info(name)
     reused = [load_run(r) for r in args.runs]  # bad run directories fail before any training
+    if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("under torchrun, give --out (each rank would name its own folder)")
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file")
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     seeds = list(range(args.seed, args.seed + args.seeds))
     trained = train_runs(args.models, seeds, out, make_config, log) if args.models else []
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 alone writes the figures
+        return 0
     result = write_comparison(out, trained + reused)
     print((out / "summary.md").read_text())
     for path in result["files"]:

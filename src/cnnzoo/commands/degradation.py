@@ -9,6 +9,7 @@ stopped and continued. Preset values apply unless the flag is given explicitly.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr)
 
     runs = dg.run_study(depths, out, args.seed, make_config, log)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 alone writes the study
+        return 0
     meta = {
         "budget": args.budget,
         "depths": depths,

@@ -12,13 +12,31 @@ from typing import Any
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
-    p.add_argument("checkpoint", help="a .pt file, or a run directory (uses its best.pt)")
+    p.add_argument(
+        "checkpoint", nargs="?", help="a .pt file, or a run directory (uses its best.pt)"
+    )
+    p.add_argument(
+        "--pretrained",
+        metavar="MODEL",
+        help="evaluate the weights shipped for MODEL instead of a checkpoint (e.g. resnet20)",
+    )
     p.add_argument("--data", help="dataset location or 'synthetic' (default: as trained)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--out", help="folder for confusion.csv/.png (default: beside the checkpoint)")
-    p.add_argument("--tta", action="store_true", help="average with the mirror image")
     p.add_argument(
-        "--tta-shift", type=int, default=0, metavar="PX", help="also views translated by ±PX"
+        "--out",
+        help="folder for confusion.csv/.png "
+        "(default: beside the checkpoint; none with --pretrained)",
+    )
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average with the mirror image (default: as the run was evaluated)",
+    )
+    p.add_argument(
+        "--tta-shift",
+        type=int,
+        metavar="PX",
+        help="also views translated by ±PX (default: as the run was evaluated)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -26,14 +44,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def evaluate_checkpoint(
-    checkpoint: str,
+    checkpoint: str | dict[str, Any],
     data: str | None = None,
     device: str = "auto",
     tta: bool = False,
     batch_size: int = 1000,
     tta_shift: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on its dataset's test split; returns accuracy, per-class, confusion."""
+    """Evaluate a checkpoint (a path, or an already loaded checkpoint dict) on its dataset's test
+    split; returns accuracy, per-class accuracy and the confusion matrix."""
     import torch
 
     from cnnzoo.data import TensorLoader, load_dataset
@@ -47,7 +66,7 @@ def evaluate_checkpoint(
         raise UserError("--batch-size must be at least 1")
     if not 0 <= tta_shift <= MAX_TTA_SHIFT:
         raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {tta_shift}")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
     ds = load_dataset(cfg.get("dataset", "cifar10"), data if data else cfg.get("data"), quiet=True)
     if ds.num_classes != ckpt["num_classes"]:
@@ -55,7 +74,8 @@ def evaluate_checkpoint(
             f"the checkpoint has {ckpt['num_classes']} classes, the data {ds.num_classes}"
         )
     dev = resolve_device(device)
-    precision = resolve_precision("auto", dev)
+    asked = cfg.get("precision", "auto")  # as the run evaluated (fp16 needs CUDA: else auto)
+    precision = resolve_precision("auto" if asked == "fp16" and dev.type != "cuda" else asked, dev)
     model = model_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last)
     loader = TensorLoader(ds.test_x, ds.test_y, batch_size, ds.mean, ds.std, device=dev)
     res = evaluate(
@@ -69,7 +89,7 @@ def evaluate_checkpoint(
     conf = res.confusion
     per_class = (conf.diag().double() / conf.sum(1).clamp(min=1).double()).tolist()
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": "pretrained" if isinstance(checkpoint, dict) else str(checkpoint),
         "model": ckpt["model_name"],
         "dataset": ds.name,
         "accuracy": res.acc,
@@ -105,22 +125,53 @@ def write_confusion(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnzoo.errors import UserError
+
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise UserError("give a checkpoint or --pretrained MODEL (one of the two)")
+    if args.pretrained:
+        from cnnzoo.inference.weights import pretrained_checkpoint
+
+        source = pretrained_checkpoint(args.pretrained)
+        trained = source["pretrained"]
+    else:
+        from cnnzoo.train import load_checkpoint
+
+        source = load_checkpoint(args.checkpoint)
+        trained = source.get("config") or {}
+    # by default the views the run's own test accuracy (summary.json) was measured with
+    args.tta = bool(trained.get("tta", False)) if args.tta is None else args.tta
+    if args.tta_shift is None:
+        args.tta_shift = int(trained.get("tta_shift", 0)) if args.tta else 0
     result = evaluate_checkpoint(
-        args.checkpoint, args.data, args.device, args.tta, args.batch_size, args.tta_shift
+        source, args.data, args.device, args.tta, args.batch_size, args.tta_shift
     )
-    ckpt_path = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent)
-    written = write_confusion(result, out / "eval")
+    result["checkpoint"] = args.checkpoint or f"pretrained {args.pretrained}"
+    views = (
+        "image only"
+        if not args.tta
+        else "flip TTA" + (f" + shifts of ±{args.tta_shift} px" if args.tta_shift else "")
+    )
+    if args.out:
+        out: Path | None = Path(args.out)
+    elif args.checkpoint:  # beside the checkpoint; shipped weights write nothing unless asked
+        ckpt_path = Path(args.checkpoint)
+        out = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
+    else:
+        out = None
+    written = write_confusion(result, out / "eval") if out else []
     if args.format == "json":
-        keys = ("accuracy", "per_class", "confusion", "model", "dataset", "count", "loss")
+        result["views"] = views
+        keys = ("accuracy", "views", "per_class", "confusion", "model", "dataset", "count", "loss")
         json.dump({k: result[k] for k in keys}, sys.stdout, indent=2)
         print()
     else:
         print(
             f"{result['model']} on {result['dataset']} test ({result['count']} images): "
-            f"accuracy {result['accuracy']:.4f}"
+            f"accuracy {result['accuracy']:.4f} ({views})"
         )
         for name, acc in result["per_class"].items():
             print(f"  {name:<12} {acc:.4f}")
-        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+        if written:
+            print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0

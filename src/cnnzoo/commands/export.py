@@ -1,4 +1,6 @@
-"""``cnnzoo export CHECKPOINT -o model.onnx [--opset N]``: ONNX export, checked with onnxruntime."""
+"""``cnnzoo export CHECKPOINT -o model.onnx [--opset N]``: ONNX export, checked with
+onnxruntime; ``-o model.safetensors``: the weights with their metadata, for
+``create_model(name, weights=...)``."""
 
 from __future__ import annotations
 
@@ -14,14 +16,19 @@ DEFAULT_ATOL = 1e-3
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX (needs `pip install 'cnnzoo[onnx]'`)",
-        description="Export to ONNX with a dynamic batch dimension; input 'input' (N,3,32,32) "
+        help="export a checkpoint to ONNX (needs `pip install 'cnnzoo[onnx]'`) or safetensors",
+        description="An output ending in .safetensors gets the weights with their metadata "
+        "(model, kwargs, classes, mean/std), loadable with create_model(name, weights=FILE). "
+        "Otherwise export to ONNX with a dynamic batch dimension; input 'input' (N,3,32,32) "
         "float32 normalised as in training, output 'logits'. The file is checked with "
         "onnxruntime against PyTorch on random and real test images and is written only if "
         "the maximum absolute difference is within --atol (exit code 1 otherwise).",
     )
     p.add_argument("checkpoint", help="a .pt file, or a run directory (uses its best.pt)")
-    p.add_argument("-o", "--output", required=True, metavar="ONNX", help="the .onnx file to write")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="the .onnx or .safetensors file"
+    )
+    p.add_argument("--half", action="store_true", help="safetensors: store floats as fp16")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"default {DEFAULT_OPSET}")
     p.add_argument(
         "--include-normalization",
@@ -36,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output.endswith(".safetensors"):
+        from cnnzoo.inference.weights import export_safetensors
+
+        path, sha = export_safetensors(args.checkpoint, args.output, half=args.half)
+        print(f"wrote {path} ({'fp16' if args.half else 'fp32'}, sha256 {sha})")
+        return 0
     from cnnzoo.inference.export import ExportMismatch, export_onnx
 
     try:

@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict[str, dict] = {}
     if models:
-        x, y = gf.training_batch(args.dataset, args.data, args.batch_size, args.seed)
-        num_classes = 100 if args.dataset == "cifar100" else 10
+        x, y, num_classes = gf.training_batch(args.dataset, args.data, args.batch_size, args.seed)
         results.update(gf.measure_models(models, x, y, args.seed, num_classes))
     runs: dict[str, list[dict]] = {}
     for run_dir in args.run:

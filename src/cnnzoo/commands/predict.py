@@ -16,12 +16,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pixels, centre-cropped to 32x32 and normalised as in training. A file that cannot be "
         "read gets one error line; the others are still classified; the exit code is then 2.",
     )
-    p.add_argument("checkpoint", help="a .pt file, or a run directory (uses its best.pt)")
+    p.add_argument(
+        "checkpoint",
+        help="a .pt file, or a run directory (uses its best.pt); with --pretrained a model name",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="CHECKPOINT names a model: use its shipped CIFAR-10 weights (`cnnzoo predict "
+        "resnet20 --pretrained cat.jpg`)",
+    )
     p.set_defaults(func=run)
 
 
@@ -33,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    predictor = Predictor(args.checkpoint, device=args.device)
+    source = args.checkpoint
+    if args.pretrained:
+        from cnnzoo.inference.weights import pretrained_checkpoint
+
+        source = pretrained_checkpoint(args.checkpoint)
+    predictor = Predictor(source, device=args.device)
     failed = 0
     rows = []
     for pred in predict_files(predictor, args.images, args.top_k, args.batch_size):

@@ -28,6 +28,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "--crop-pad", type=int, default=d.crop_pad, metavar="PX", help="random-crop padding"
     )
     g.add_argument(
+        "--crop-reflect",
+        action=argparse.BooleanOptionalAction,
+        default=d.crop_reflect,
+        help="pad random crops by reflection instead of with zeros",
+    )
+    g.add_argument(
         "--alternate-flip",
         action=argparse.BooleanOptionalAction,
         default=d.alternate_flip,
@@ -43,8 +49,36 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-bn-weight-decay", action="store_true")
     o.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
     o.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    o.add_argument(
+        "--warmup-start",
+        type=float,
+        default=d.warmup_start,
+        metavar="FRAC",
+        help="the warm-up starts at FRAC × lr (default 0)",
+    )
+    o.add_argument(
+        "--final-lr",
+        type=float,
+        default=d.final_lr,
+        metavar="FRAC",
+        help="linear/cosine schedules end at FRAC × lr (default 0)",
+    )
     o.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     o.add_argument("--ema", type=float, default=d.ema, help="weight EMA decay (0: off)")
+    o.add_argument(
+        "--lookahead",
+        action=argparse.BooleanOptionalAction,
+        default=d.lookahead,
+        help="airbench94's lookahead: from epoch 4, every 5 steps, an EMA of the weights "
+        "(decay 0.95^5 × (step/total)^3) copied back into them",
+    )
+    o.add_argument(
+        "--whiten-bias-epochs",
+        type=int,
+        default=d.whiten_bias_epochs,
+        metavar="N",
+        help="train a whitening stem's bias (fastnet) for N epochs, then freeze it",
+    )
     o.add_argument("--tta", action="store_true", help="evaluate with flip test-time augmentation")
     o.add_argument(
         "--tta-shift",
@@ -66,6 +100,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, model: str, out: str | None):
+    """A ``TrainConfig`` from parsed options: every field whose option this parser has (the
+    names match), the rest at their defaults."""
+    from dataclasses import fields
+
     from cnnzoo.train.config import TrainConfig
 
     kwargs = {}
@@ -76,44 +114,13 @@ def config_from_args(args: argparse.Namespace, model: str, out: str | None):
             raise UserError(f"--model-kwargs is not JSON: {err}") from None
         if not isinstance(kwargs, dict):
             raise UserError("--model-kwargs must be a JSON object")
-    return TrainConfig(
-        model=model,
-        model_kwargs=kwargs,
-        dataset=args.dataset,
-        data=args.data,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
-        no_bn_weight_decay=args.no_bn_weight_decay,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        augment=args.augment,
-        cutout=args.cutout,
-        crop_pad=args.crop_pad,
-        alternate_flip=args.alternate_flip,
-        ema=args.ema,
-        tta=args.tta,
-        tta_shift=args.tta_shift,
-        val=args.val,
-        subset=args.subset,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        sync_bn=args.sync_bn,
-        eval_batch_size=args.eval_batch_size,
-        threads=args.threads,
-        out=out,
-        record_gradflow=getattr(args, "record_gradflow", False),
-        tensorboard=getattr(args, "tensorboard", False),
-        quiet=args.quiet,
-        stop_after=getattr(args, "stop_after", None),
-    )
+    special = {"model": model, "model_kwargs": kwargs, "out": out}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainConfig)
+        if f.name not in special and hasattr(args, f.name)
+    }
+    return TrainConfig(**special, **given)
 
 
 def seeded_config_factory(args: argparse.Namespace):
@@ -155,13 +162,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from cnnzoo.train.recipes import defer_defaults
 
     defer_defaults(p)  # options a recipe sets default to "unset" until run() resolves them
-    p.set_defaults(func=run)
+    defaults = {a.dest: p.get_default(a.dest) for a in p._actions if a.dest != "help"}
+    p.set_defaults(func=run, _defaults=defaults)
+
+
+# What a resumed run takes from the command line; everything else comes from its checkpoint.
+RESUME_OPTIONS = {"resume", "stop_after", "quiet", "func", "command"}
+
+
+def _refuse_options_on_resume(args: argparse.Namespace) -> None:
+    """``--resume`` continues the saved configuration: an option that would be ignored is an
+    error, not a silent surprise."""
+    given = [
+        k
+        for k, default in args._defaults.items()
+        if k not in RESUME_OPTIONS and not k.startswith("_") and getattr(args, k) != default
+    ]
+    if given:
+        names = ", ".join("MODEL" if k == "model" else "--" + k.replace("_", "-") for k in given)
+        raise UserError(
+            f"--resume continues the run with its saved configuration; it does not take {names} "
+            "(only --stop-after and --quiet); start a new run to change them"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     from cnnzoo.train import train
     from cnnzoo.train.recipes import resolve_recipe_args
 
+    if args.resume:
+        _refuse_options_on_resume(args)
     resolve_recipe_args(args)
     if args.resume:
         train(config_from_args(args, args.model or "resnet20", None), resume=args.resume)

@@ -18,7 +18,8 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Augment:
-    """Random crop with ``pad`` zero padding + horizontal flip (+ optional cutout).
+    """Random crop with ``pad`` padding (zeros, or by reflection with ``reflect``) + horizontal
+    flip (+ optional cutout).
 
     ``alternate_flip`` (airbench, Jordan 2024): each image is flipped at random in epoch 0 and
     then flipped in every other epoch relative to that, so consecutive epochs always show both
@@ -29,6 +30,7 @@ class Augment:
     flip: bool = True
     cutout: int = 0  # side of the square zeroed at a random centre; 0 = off
     alternate_flip: bool = False
+    reflect: bool = False  # pad crops by reflection (airbench94), not with zeros
 
 
 def normalize(
@@ -46,12 +48,23 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def _reflect(i: Tensor, n: int) -> Tensor:
+    """Indices outside [0, n) mirrored back in, as ``F.pad(mode="reflect")`` does (pad < n)."""
+    i = i.abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+
 def augment_batch(
     x: Tensor, dx: Tensor, dy: Tensor, flip: Tensor, cut: Tensor | None, aug: Augment
 ) -> Tensor:
     """x: uint8 (B,H,W,C); dx, dy in [0, 2·pad]; flip bool (B,); cut (B,2) centres or None."""
     b, h, w, _ = x.shape
-    if aug.pad:
+    if aug.pad and aug.reflect:
+        # crop positions in the unpadded image, -p..H+p-1, reflected back inside (no edge repeat)
+        rows = _reflect(dy[:, None] - aug.pad + torch.arange(h, device=x.device), h)[:, :, None]
+        cols = _reflect(dx[:, None] - aug.pad + torch.arange(w, device=x.device), w)[:, None, :]
+        x = x[torch.arange(b, device=x.device)[:, None, None], rows, cols]  # (B, H, W, C)
+    elif aug.pad:
         padded = F.pad(x, (0, 0, aug.pad, aug.pad, aug.pad, aug.pad))  # (B, H+2p, W+2p, C)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnzoo.atomic import current_umask
 from cnnzoo.errors import UserError
 
 DEFAULT_OPSET = 17
@@ -99,18 +100,14 @@ def export_onnx(
     """
     onnx, ort = _require_onnx()
     from cnnzoo.inference.predict import checkpoint_normalization
+    from cnnzoo.inference.weights import output_file
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UserError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
     if not atol > 0:
         raise UserError(f"--atol must be positive, got {atol}")
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"{out} is a directory; name the .onnx file to write")
-    if not out.parent.is_dir():
-        raise UserError(f"no such folder: {out.parent}")
-
+    out = output_file(out, ".onnx")
     ckpt = load_checkpoint(checkpoint)
     mean, std = checkpoint_normalization(ckpt)
     model = model_from_checkpoint(ckpt).float().eval()
@@ -195,6 +192,7 @@ def export_onnx(
                 f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {atol:g}); "
                 f"{out} not written"
             )
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private (0600)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -101,11 +101,11 @@ class Prediction:
 class Predictor:
     """A checkpoint ready for inference: model in eval mode, its normalisation and class names."""
 
-    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu") -> None:
+    def __init__(self, checkpoint: str | os.PathLike | dict, device: str = "cpu") -> None:
         from cnnzoo.train import load_checkpoint, model_from_checkpoint
         from cnnzoo.train.runtime import resolve_device
 
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.model = model_from_checkpoint(ckpt).to(self.device)
         self.num_classes = int(ckpt["num_classes"])

@@ -26,7 +26,7 @@ Shapes (CIFAR, N images): (N,3,32,32) → stem (N,24,31,31) → group1 (N,64,15,
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,10 @@ class ShiftBN(nn.BatchNorm2d):
     stored value exactly as on any other parameter), so no optimizer parameter groups are needed.
     """
 
-    def __init__(self, channels: int, bias_scale: float = 8.0, momentum: float = 0.4) -> None:
-        super().__init__(channels, momentum=momentum, eps=1e-5, affine=False)
+    def __init__(
+        self, channels: int, bias_scale: float = 8.0, momentum: float = 0.4, eps: float = 1e-12
+    ) -> None:
+        super().__init__(channels, momentum=momentum, eps=eps, affine=False)
         self.bias = nn.Parameter(torch.zeros(channels))  # no scale: the next conv absorbs it
         self.bias_scale = bias_scale
         # cuDNN's batch norm returns no gradient for the shift when the scale is None (seen on an
@@ -77,14 +79,14 @@ def _conv(c_in: int, c_out: int, kernel: int = 3, padding: int = 1) -> nn.Conv2d
 class ConvGroup(nn.Sequential):
     """conv → maxpool 2 → BN → GELU → conv → BN → GELU: (N,c_in,H,W) → (N,c_out,H/2,W/2)."""
 
-    def __init__(self, c_in: int, c_out: int, bias_scale: float) -> None:
+    def __init__(self, c_in: int, c_out: int, bias_scale: float, eps: float = 1e-12) -> None:
         super().__init__(
             _conv(c_in, c_out),
             nn.MaxPool2d(2),
-            ShiftBN(c_out, bias_scale),
+            ShiftBN(c_out, bias_scale, eps=eps),
             nn.GELU(),
             _conv(c_out, c_out),
-            ShiftBN(c_out, bias_scale),
+            ShiftBN(c_out, bias_scale, eps=eps),
             nn.GELU(),
         )
 
@@ -100,6 +102,8 @@ class FastNet(nn.Module):
         bias_scale: float = 8.0,
         scale: float = 1 / 9,
         stem_pad: int = 0,
+        stem_bias_scale: float = 1.0,
+        bn_eps: float = 1e-12,
     ) -> None:
         super().__init__()
         if len(widths) != 3 or min(widths) < 1 or stem < 1:
@@ -110,13 +114,14 @@ class FastNet(nn.Module):
         self.register_buffer("stem_weight", torch.empty(stem, 3, 2, 2))
         nn.init.kaiming_uniform_(self.stem_weight, a=5**0.5)  # until init_from_data replaces it
         self.stem_pad = stem_pad
-        self.stem_bias = nn.Parameter(torch.zeros(stem))  # stored / bias_scale, like ShiftBN
-        self.bias_scale = bias_scale
+        # stored / stem_bias_scale like ShiftBN's shift; 1 (airbench94): the plain learning rate
+        self.stem_bias = nn.Parameter(torch.zeros(stem))
+        self.stem_bias_scale = stem_bias_scale
         self.act = nn.GELU()
         self.layers = nn.Sequential(
-            ConvGroup(stem, widths[0], bias_scale),
-            ConvGroup(widths[0], widths[1], bias_scale),
-            ConvGroup(widths[1], widths[2], bias_scale),
+            ConvGroup(stem, widths[0], bias_scale, bn_eps),
+            ConvGroup(widths[0], widths[1], bias_scale, bn_eps),
+            ConvGroup(widths[1], widths[2], bias_scale, bn_eps),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)  # (N,C,3,3) → (N,C,1,1) on 32×32 inputs
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
@@ -150,7 +155,7 @@ class FastNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.conv2d(x, self.stem_weight, padding=self.stem_pad)
-        x = x + (self.stem_bias * self.bias_scale).view(1, -1, 1, 1).to(x.dtype)
+        x = x + (self.stem_bias * self.stem_bias_scale).view(1, -1, 1, 1).to(x.dtype)
         x = self.layers(self.act(x))
         return self.fc(self.pool(x).flatten(1)) * self.scale
 
@@ -170,24 +175,32 @@ def fastnet(
     stem: int = 24,
     bias_scale: float = 8.0,
     stem_pad: int = 0,
+    stem_bias_scale: float = 1.0,
+    bn_eps: float = 1e-12,
 ) -> nn.Module:
-    """The airbench94-shaped net; ``widths`` (64, 256, 256) are the three groups' channels."""
-    return FastNet(num_classes, tuple(widths), stem, bias_scale, stem_pad=stem_pad)
+    """The airbench94-shaped net; ``widths`` (64, 256, 256) are the three groups' channels.
+    As airbench94: BN eps 1e-12, and the stem bias at the plain learning rate
+    (``stem_bias_scale`` 1; the BN shifts at 64×, ``bias_scale`` 8)."""
+    return FastNet(
+        num_classes,
+        tuple(widths),
+        stem,
+        bias_scale,
+        stem_pad=stem_pad,
+        stem_bias_scale=stem_bias_scale,
+        bn_eps=bn_eps,
+    )
 
 
-@register_model(
+# FastNet narrowed for CPUs without AMX: the first group's 24→64 conv runs at 31×31 and is cheap
+# in FLOPs but slow in oneDNN, so it shrinks most (114 vs 236 MFLOP forward; 2.1× the training
+# images per second on two AVX-512 cores at batch 128, 748 vs 357, measured by
+# benchmarks/fastnet_widths.py). A partial of ``fastnet``: the same keywords, other widths.
+fastnet_small = register_model(
     "fastnet_small",
     family="FastNet",
     paper="Jordan 2024 (airbench94), narrowed",
     year=2024,
     key_feature="FastNet at widths 32/192/192: half the FLOPs, for a 10-minute CPU run",
     depth=8,
-)
-def fastnet_small(
-    *, widths: tuple[int, int, int] | list[int] = (32, 192, 192), **kwargs: Any
-) -> nn.Module:
-    """FastNet narrowed for CPUs without AMX: the first group's 24→64 conv runs at 31×31 and
-    is cheap in FLOPs but slow in oneDNN, so it shrinks most (114 vs 236 MFLOP forward; 2.1×
-    the training images per second on two AVX-512 cores at batch 128, 748 vs 357, measured by
-    ``benchmarks/fastnet_widths.py``). Other keywords as ``fastnet``."""
-    return fastnet(widths=widths, **kwargs)
+)(functools.partial(fastnet, widths=(32, 192, 192)))

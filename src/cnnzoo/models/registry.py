@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
 from cnnzoo.errors import UnknownModelError
+from cnnzoo.models.weights import DEFAULT_TAG, resolve_weights
 
 Builder = Callable[..., nn.Module]
 
@@ -69,20 +72,57 @@ def model_info(name: str) -> ModelInfo:
         ) from None
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs: object) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    **kwargs: object,
+) -> nn.Module:
     """Build a registered model, e.g. ``create_model('resnet20', num_classes=100)``.
 
+    ``pretrained=True`` loads the weights shipped for CIFAR-10 (``weights="cifar10"``, checked
+    by sha256); ``weights`` may also be a path to a .safetensors file from ``cnnzoo export``.
+    With weights, the class count and builder arguments come from the file, and the file's
+    metadata (classes, mean/std, recipe, measured accuracy) is ``model.pretrained_cfg``.
     Extra keyword arguments go to the builder (e.g. ``shortcut='B'`` for the CIFAR ResNets).
     Weights come from the global torch RNG: seed it with ``torch.manual_seed`` for repeatable
     initialisation.
     """
     info = model_info(name)
+    if pretrained and weights is None:
+        weights = DEFAULT_TAG
+    state, meta = resolve_weights(name, weights) if weights is not None else (None, {})
+    if meta:
+        if num_classes is not None and num_classes != meta["num_classes"]:
+            raise ValueError(
+                f"{name}: the weights are for {meta['num_classes']} classes, not {num_classes}"
+            )
+        num_classes, kwargs = meta["num_classes"], {**meta.get("model_kwargs", {}), **kwargs}
+    num_classes = 10 if num_classes is None else num_classes
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    try:
-        return info.builder(num_classes=num_classes, **kwargs)
-    except TypeError as err:  # an unknown keyword: say which model rejected it
-        raise ValueError(f"{name}: {err}") from None
+    _check_kwargs(info, kwargs)
+    model = info.builder(num_classes=num_classes, **kwargs)
+    if state is not None:
+        model.load_state_dict(state)
+        model.pretrained_cfg = meta
+        model.eval()
+    return model
+
+
+def _check_kwargs(info: ModelInfo, kwargs: dict[str, object]) -> None:
+    """Unknown builder keywords are a ``ValueError`` naming the model and what it takes (a
+    ``TypeError`` raised inside a builder stays a bug report, not a user error)."""
+    params = inspect.signature(info.builder).parameters
+    takes = sorted(set(params) - {"num_classes"})
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(
+            f"{info.name} takes no keyword argument(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(takes) or 'none'}"
+        )
 
 
 def _natural_key(name: str) -> tuple:

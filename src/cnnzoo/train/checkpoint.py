@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,11 @@ from cnnzoo.errors import UserError
 
 FORMAT = 1
 
-# Test hook, never needed in normal use: ``CNNZOO_TEST_SLOW_SAVE_S=2`` makes every checkpoint save
-# sleep that long between writing its temp file and renaming it into place, so that the fault
-# tests (tests/test_faults.py) can SIGKILL a run in the middle of a save.
-_TEST_SLOW_SAVE_S = float(os.environ.get("CNNZOO_TEST_SLOW_SAVE_S") or 0)
-
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """``torch.save`` through a temp file + rename (``cnnzoo.atomic.atomic_open``): a crash at any
     moment leaves either the old checkpoint or the new one, never a torn one."""
-    hook = (lambda: time.sleep(_TEST_SLOW_SAVE_S)) if _TEST_SLOW_SAVE_S else None
-    with atomic_open(path, "wb", before_rename=hook) as f:
+    with atomic_open(path, "wb") as f:
         torch.save(obj, f)
 
 

@@ -30,13 +30,18 @@ class TrainConfig:
     weight_decay: float = 5e-4
     no_bn_weight_decay: bool = False  # no weight decay on BN parameters and biases
     schedule: str = "cosine"  # per step: cosine to 0, linear to 0, or constant
-    warmup_epochs: float = 0.0  # linear warm-up from 0, in (fractional) epochs
+    warmup_epochs: float = 0.0  # linear warm-up, in (fractional) epochs
+    warmup_start: float = 0.0  # the warm-up starts at this fraction of lr (airbench94: 0.2)
+    final_lr: float = 0.0  # linear/cosine decay ends at this fraction of lr (airbench94: 0.07)
     label_smoothing: float = 0.0
     augment: bool = True  # random crop (4 px zero padding) + horizontal flip
     cutout: int = 0  # cutout square side in pixels, 0 = off
-    crop_pad: int = 4  # random-crop zero padding: translations of up to ±crop_pad pixels
+    crop_pad: int = 4  # random-crop padding: translations of up to ±crop_pad pixels
+    crop_reflect: bool = False  # pad by reflection (airbench94) instead of with zeros
     alternate_flip: bool = False  # flip each image in every other epoch (random in epoch 0)
     ema: float = 0.0  # decay of an exponential moving average of the weights, 0 = off
+    lookahead: bool = False  # airbench94's lookahead: an EMA copied back into the weights
+    whiten_bias_epochs: int | None = None  # train a whitening stem's bias this long, then freeze
     tta: bool = False  # evaluate on image + its mirror image
     tta_shift: int = 0  # also average over views translated by ±tta_shift pixels; 0 = off
     val: int | None = None  # held-out validation images; None = 10% of the training set
@@ -69,6 +74,13 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
         need(self.warmup_epochs >= 0, "--warmup-epochs must be >= 0")
+        need(0 <= self.warmup_start <= 1, "--warmup-start must be in [0, 1]")
+        need(0 <= self.final_lr <= 1, "--final-lr must be in [0, 1]")
+        need(
+            self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,
+            "--whiten-bias-epochs must be >= 0",
+        )
+        need(not (self.lookahead and self.ema), "--lookahead and --ema are two weight averages")
         need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         need(self.cutout >= 0, "--cutout must be >= 0")
         need(self.crop_pad >= 0, f"--crop-pad must be >= 0, got {self.crop_pad}")
@@ -97,15 +109,24 @@ class TrainConfig:
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """The learning rate for optimizer step ``step`` (0-based): a pure function of the step, so
-    a resumed run continues the schedule exactly where it stopped."""
+    a resumed run continues the schedule exactly where it stopped.
+
+    Warm-up rises linearly from ``warmup_start``·lr to lr over ``warmup_epochs``; then
+    ``schedule`` decays to ``final_lr``·lr (linear, cosine), keeps lr (constant) or divides it
+    by 10 at 50 % and 75 % of the run (step). airbench94's triangle is linear with warm-up
+    0.23 of the run, ``warmup_start`` 0.2 and ``final_lr`` 0.07.
+    """
     warm = cfg.warmup_epochs * steps_per_epoch
     if warm > 0 and step < warm:
-        return cfg.lr * (step + 1) / warm
+        rise = min(1.0, (step + 1) / warm)  # a fractional warm-up ends at the peak, not above
+        return cfg.lr * (cfg.warmup_start + (1 - cfg.warmup_start) * rise)
     if cfg.schedule == "constant":
         return cfg.lr
     progress = (step - warm) / max(1.0, total_steps - warm)
-    if cfg.schedule == "linear":
-        return cfg.lr * (1.0 - progress)
     if cfg.schedule == "step":  # He et al. 2015 CIFAR: 0.1, ÷10 at 32k and 48k of 64k iterations
         return cfg.lr * 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.schedule == "linear":
+        shape = 1.0 - progress
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * shape)

@@ -50,11 +50,13 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     after_step: Callable[[], None] | None = None,
     dist_info: DistInfo | None = None,
-    on_batch: Callable[[float, float, int], None] | None = None,
+    on_batch: Callable[[Callable[[], tuple[float, float, int]]], None] | None = None,
 ) -> EpochStats:
     """Train over ``batches`` once. ``set_lr`` sets and returns the step's learning rate;
-    ``after_step`` runs after each optimizer step (the weight average, say)."""
+    ``after_step`` runs after each optimizer step (the weight average, say); ``on_batch`` gets,
+    after every step, a function that returns (mean loss, accuracy, images) so far."""
     model.train()
+    info = dist_info or DistInfo()
     device = next(model.parameters()).device
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
     start = time.perf_counter()
@@ -82,21 +84,27 @@ def train_epoch(
                     torch.tensor(float(n), device=device, dtype=torch.float64),
                 ]
             )
-        if (step + 1) % CHECK_EVERY == 0 or on_batch is not None:
-            loss_sum, correct, count = totals.tolist()
-            _check_finite(loss_sum / max(count, 1), step)
-            if on_batch is not None:
-                on_batch(loss_sum / count, correct / count, int(count))
+        if (step + 1) % CHECK_EVERY == 0:  # a device sync (and a collective): not every step
+            _check_finite(all_reduce_sum(totals.clone(), info), step)
+        if on_batch is not None:  # the bar reads the running means (a sync) only to redraw
+            on_batch(lambda t=totals: _running_means(t))
     seconds = time.perf_counter() - start
-    _check_finite(totals[0].item() / max(totals[2].item(), 1), -1)
-    all_reduce_sum(totals, dist_info or DistInfo())
+    _check_finite(all_reduce_sum(totals, info), -1)
     loss_sum, correct, count = totals.tolist()
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), seconds, int(count))
 
 
-def _check_finite(mean_loss: float, step: int) -> None:
+def _running_means(totals: Tensor) -> tuple[float, float, int]:
+    loss_sum, correct, count = totals.tolist()
+    return loss_sum / max(count, 1), correct / max(count, 1), int(count)
+
+
+def _check_finite(totals: Tensor, step: int) -> None:
     """Raise ``TrainingDiverged`` when the epoch's mean loss so far is NaN, infinite or above
-    ``MAX_LOSS``."""
+    ``MAX_LOSS``. ``totals`` (loss sum, correct, count) are summed over the ranks, so that every
+    rank sees the same figure and all of them stop together, none left waiting in a collective."""
+    loss_sum, _, count = totals.tolist()
+    mean_loss = loss_sum / max(count, 1)
     if not torch.isfinite(torch.tensor(mean_loss)) or mean_loss > MAX_LOSS:
         where = f" at step {step + 1} of this epoch" if step >= 0 else ""
         raise TrainingDiverged(

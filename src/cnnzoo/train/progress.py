@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+
+REDRAW_S = 0.5  # the bar's statistics are read (a device sync) at most this often
 
 
 class Progress:
@@ -12,14 +15,14 @@ class Progress:
         self.quiet = quiet or not enabled
         self.tty = sys.stdout.isatty()
         self.bar = None
-        self._t0 = 0.0
+        self._t0 = self._drawn = 0.0
 
     def log(self, msg: str) -> None:
         if not self.quiet:
             print(msg, flush=True)
 
     def start_epoch(self, epoch: int, steps: int) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = self._drawn = time.perf_counter()
         if self.quiet or not self.tty:
             return
         from tqdm import tqdm
@@ -30,15 +33,22 @@ class Progress:
             leave=False,
             dynamic_ncols=True,
             file=sys.stdout,
+            mininterval=REDRAW_S,
         )
 
-    def batch(self, loss: float, acc: float, images: int) -> None:
-        """Called with running averages; the bar's own rate gives the ETA."""
+    def batch(self, stats: Callable[[], tuple[float, float, int]]) -> None:
+        """After every step; ``stats()`` (mean loss, accuracy, images so far) waits for the
+        device, so it is read only when the bar redraws, at most every ``REDRAW_S`` seconds."""
         if self.bar is None:
             return
-        rate = images / max(time.perf_counter() - self._t0, 1e-9)
-        self.bar.set_postfix_str(f"loss {loss:.3f} acc {acc:.3f} {rate:.0f} img/s", refresh=False)
         self.bar.update(1)
+        now = time.perf_counter()
+        if now - self._drawn < REDRAW_S:
+            return
+        self._drawn = now
+        loss, acc, images = stats()
+        rate = images / max(now - self._t0, 1e-9)
+        self.bar.set_postfix_str(f"loss {loss:.3f} acc {acc:.3f} {rate:.0f} img/s")
 
     def end_epoch(self, row: dict) -> None:
         if self.bar is not None:

@@ -10,7 +10,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from cnnzoo.data.cifar import cache_dir
 from cnnzoo.errors import UserError
+from cnnzoo.train.precision import cpu_precision
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -43,35 +45,36 @@ def _local_gpu() -> int:
     return rank
 
 
-def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
-    """True where bf16 convolutions beat fp32 on this CPU: with AMX-BF16 tile units.
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run uses, why, and (``auto`` on a CPU) the measured figures."""
 
-    AVX512-BF16 alone is not enough. Measured on a 2-core Xeon VM exposing avx512_bf16 but no
-    AMX (oneDNN's ``brg_conv:avx512_core_bf16``), one thread, batch 128, channels_last, torch
-    profiler: fastnet's forward convs took 1.14 s in bf16 vs 0.82 s in fp32, backward 2.71 vs
-    1.58 s (train step 84 vs 128 img/s); resnet18 trained at 45 vs 53 img/s. With AMX, bf16
-    ran ~2x faster than fp32 (shared/notes/cpu-performance.md).
-    """
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    return "amx_bf16" in cpuinfo
+    precision: str
+    reason: str
+    measured: dict[str, float] | None = None
+
+
+def choose_precision(precision: str, device: torch.device) -> PrecisionChoice:
+    """``auto``: bf16 autocast on CUDA with bf16 (else fp16); on a CPU whichever of bf16 and fp32
+    a short conv measured faster (``cnnzoo.train.precision``); fp32 elsewhere. Explicit wins."""
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on this device")
+    if precision != "auto":
+        return PrecisionChoice(precision, "asked for with --precision")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16", "auto: CUDA device with bf16")
+        return PrecisionChoice("fp16", "auto: CUDA device without bf16")
+    if device.type == "cpu":
+        got = cpu_precision(cache_dir())
+        measured = {"bf16_tflops": got.bf16_tflops, "fp32_tflops": got.fp32_tflops}
+        return PrecisionChoice(got.precision, f"auto: {got.reason}", measured)
+    return PrecisionChoice("fp32", f"auto: fp32 on {device.type}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on CUDA with bf16 (else fp16) and on CPUs with AMX; else fp32."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device.type == "cpu":
-            return "bf16" if cpu_has_fast_bf16() else "fp32"
-        return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on this device")
-    return precision
+    """The precision ``choose_precision`` picks, without the reasons."""
+    return choose_precision(precision, device).precision
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.config import TrainConfig, lr_at
 from cnnzoo.train.ema import EMA
 from cnnzoo.train.engine import EvalResult, evaluate, train_epoch
+from cnnzoo.train.lookahead import Lookahead
 from cnnzoo.train.progress import Progress
 from cnnzoo.train.rundir import (
     append_jsonl,
@@ -35,9 +37,9 @@ from cnnzoo.train.runtime import (
     autocast,
     barrier,
     broadcast_object,
+    choose_precision,
     init_distributed,
     resolve_device,
-    resolve_precision,
 )
 
 
@@ -55,6 +57,16 @@ class RunResult:
 def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResult:
     """Train ``cfg.model``; with ``resume`` continue the run in that directory exactly where its
     last checkpoint stopped (model, optimizer, schedule position, RNG state, epoch counter)."""
+    closers: list[Any] = []  # what the run opened (the TensorBoard writer), closed however it ends
+    try:
+        return _train(cfg, resume, closers)
+    finally:
+        for close in reversed(closers):
+            close()
+
+
+def _train(cfg: TrainConfig, resume, closers: list[Any]) -> RunResult:
+    cfg = dataclasses.replace(cfg)  # a copy: the run resolves it, the caller's stays as given
     state: dict[str, Any] | None = None
     if resume is not None:
         stop_after, quiet = cfg.stop_after, cfg.quiet  # these belong to this invocation
@@ -67,14 +79,23 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         cfg.out, cfg.stop_after, cfg.quiet = str(resume), stop_after, quiet
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before any data is read
+    try:  # and so do bad --model-kwargs: a build on the meta device allocates nothing
+        with torch.device("meta"):
+            create_model(cfg.model, **cfg.model_kwargs)
+    except ValueError as err:
+        raise UserError(f"--model-kwargs: {err}") from None
 
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
     dist = init_distributed(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # auto on a CPU times a conv: rank 0 measures and decides for every rank
+    measures = cfg.precision == "auto" and device.type == "cpu"
+    choice = choose_precision(cfg.precision, device) if dist.is_main or not measures else None
+    choice = broadcast_object(choice, dist)
+    precision = choice.precision
     if cfg.batch_size % dist.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} must divide by {dist.world_size} ranks")
     if cfg.sync_bn and dist.enabled and device.type != "cuda":
@@ -103,7 +124,12 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         )
     per_rank = cfg.batch_size // dist.world_size
     aug = (
-        Augment(pad=cfg.crop_pad, cutout=cfg.cutout, alternate_flip=cfg.alternate_flip)
+        Augment(
+            pad=cfg.crop_pad,
+            cutout=cfg.cutout,
+            alternate_flip=cfg.alternate_flip,
+            reflect=cfg.crop_reflect,
+        )
         if cfg.augment
         else None
     )
@@ -147,6 +173,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
     )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     ema = EMA(model, cfg.ema) if cfg.ema else None
+    lookahead = Lookahead(model) if cfg.lookahead else None
+    if cfg.whiten_bias_epochs is not None and not isinstance(
+        getattr(model, "stem_bias", None), nn.Parameter
+    ):
+        raise UserError(f"--whiten-bias-epochs: {cfg.model} has no whitening stem bias")
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
     start_epoch, step, best_acc, best_epoch = 0, 0, -1.0, 0
@@ -158,19 +189,24 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema"):
             ema.load_state_dict(state["ema"])
+        if lookahead is not None and state.get("lookahead"):
+            lookahead.load_state_dict(state["lookahead"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         best_acc, best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         _set_rng_state(state["rng"])
         history = [r for r in read_metrics(out) if r["epoch"] <= start_epoch]
-        if dist.is_main:  # rows written after last.pt by a run killed mid-epoch are redone
-            _truncate_jsonl(out / "gradflow.jsonl", start_epoch)
+    if dist.is_main:  # rows written after the resume point by a killed run are redone (a run
+        # killed before its first checkpoint starts over: all of them, its epoch-0 row too)
+        _truncate_jsonl(out / "gradflow.jsonl", start_epoch if state is not None else -1)
 
-    net: nn.Module = model
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        net = torch.compile(net)
+    def wrap(m: nn.Module) -> nn.Module:
+        """DDP (which fixes the set of trainable parameters) and compile around the model."""
+        if dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            m = nn.parallel.DistributedDataParallel(m, device_ids=ids)
+        return torch.compile(m) if cfg.compile else m
+
+    net = wrap(model)
 
     def amp():
         return autocast(device, precision)
@@ -193,7 +229,10 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
         "out": str(out),
         "device": str(device),
         "precision": precision,
+        "precision_reason": choice.reason,
+        "precision_measured": choice.measured,
         "val": n_val,
+        "num_classes": data.num_classes,
         "world_size": dist.world_size,
         "train_images": train_idx.numel(),
         "steps_per_epoch": steps_per_epoch,
@@ -201,10 +240,13 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
     }
     progress = Progress(cfg.epochs, quiet=cfg.quiet, enabled=dist.is_main)
     writer = _tensorboard(out, cfg, progress) if dist.is_main else None
+    if writer is not None:
+        closers.append(writer.close)
     if dist.is_main:
         write_json(out / "config.json", resolved)
         if cfg.record_gradflow and start_epoch == 0:
             _record_gradflow(model, train_loader, criterion, amp, out, epoch=0)
+        progress.log(f"precision {precision}: {choice.reason}")
         progress.log(
             f"training {cfg.model} on {data.name} ({train_idx.numel()} train / {n_val} val) "
             f"for {cfg.epochs} epochs on {device} ({precision}, {dist.world_size} rank(s)) -> {out}"
@@ -224,6 +266,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
     last_epoch = min(cfg.epochs, cfg.stop_after or cfg.epochs)
     for epoch in range(start_epoch + 1, last_epoch + 1):
         train_loader.set_epoch(epoch)
+        if cfg.whiten_bias_epochs is not None:  # airbench94: the stem bias trains, then freezes
+            trains = epoch <= cfg.whiten_bias_epochs
+            if model.stem_bias.requires_grad != trains:
+                model.stem_bias.requires_grad_(trains)
+                net = wrap(model) if dist.enabled else net  # DDP must see the change
         progress.start_epoch(epoch, steps_per_epoch)
         stats = train_epoch(
             net,
@@ -233,10 +280,12 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             amp,
             set_lr,
             scaler,
-            after_step=(lambda: ema.update(model)) if ema else None,
+            after_step=_after_step(model, ema, lookahead, epoch, lambda: step, total_steps),
             dist_info=dist,
             on_batch=progress.batch if progress.wants_batches else None,
         )
+        if lookahead is not None:
+            lookahead.end_epoch()
         eval_model = ema.module if ema else model
         val = evaluate_on(eval_model, val_loader) if val_loader else None
         row = {
@@ -270,6 +319,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None,
                 "ema": ema.state_dict() if ema else None,
+                "lookahead": lookahead.state_dict() if lookahead else None,
                 "rng": _get_rng_state(),
                 "best_val_acc": best_acc,
                 "best_epoch": best_epoch,
@@ -344,10 +394,23 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
             f"(epoch {best_epoch}), test acc {test_best.acc:.4f} (best.pt), "
             f"{test_last.acc:.4f} (final) -> {out}"
         )
-        if writer is not None:
-            writer.close()
     barrier(dist)  # no rank leaves while rank 0 still writes the summary
     return result
+
+
+def _after_step(model, ema, lookahead, epoch: int, step, total_steps: int):
+    """What runs after each optimizer step: the weight averages, if any. ``step()`` gives the
+    number of steps taken so far in the run."""
+    if ema is None and lookahead is None:
+        return None
+
+    def after() -> None:
+        if ema is not None:
+            ema.update(model)
+        if lookahead is not None:
+            lookahead.after_step(epoch, step(), total_steps)
+
+    return after
 
 
 def _killed_before_first_checkpoint(run: Path) -> bool:

@@ -1,0 +1,83 @@
+"""Between training checkpoints and safetensors weights files (``cnnzoo.models.weights``).
+
+``export_safetensors`` writes a checkpoint's weights with the metadata a user of the file needs
+(model name and kwargs, classes, mean/std, dataset, recipe); ``pretrained_checkpoint`` turns
+shipped weights back into the checkpoint-shaped dict that ``eval`` and ``predict`` read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cnnzoo.errors import UserError
+from cnnzoo.inference.predict import checkpoint_normalization
+from cnnzoo.models import create_model
+from cnnzoo.models.weights import save_weights
+from cnnzoo.train.checkpoint import load_checkpoint
+
+
+def output_file(out: str | os.PathLike, suffix: str) -> Path:
+    """``out`` as a file path whose folder exists, else ``UserError`` (export's outputs)."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out} is a directory; name the {suffix} file to write")
+    if not out.parent.is_dir():
+        raise UserError(f"no such folder: {out.parent}")
+    return out
+
+
+def weights_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a weights file says about itself, read from a training checkpoint."""
+    cfg = ckpt.get("config") or {}
+    mean, std = checkpoint_normalization(ckpt)
+    num_classes = int(ckpt["num_classes"])
+    return {
+        "model_name": ckpt["model_name"],
+        "model_kwargs": dict(ckpt.get("model_kwargs") or {}),
+        "num_classes": num_classes,
+        "classes": [str(c) for c in ckpt.get("classes") or range(num_classes)],
+        "mean": list(mean),
+        "std": list(std),
+        "dataset": cfg.get("dataset", "cifar10"),
+        "epoch": ckpt.get("epoch"),
+        "val_acc": ckpt.get("val_acc"),
+        "tta": bool(cfg.get("tta", False)),
+        "tta_shift": int(cfg.get("tta_shift", 0)),
+    }
+
+
+def export_safetensors(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, str]:
+    """Write ``checkpoint``'s weights (fp16 with ``half``) to ``out``; returns path and sha256.
+    ``extra`` adds metadata (recipe, data version, measured accuracy, command)."""
+    out = output_file(out, ".safetensors")
+    ckpt = load_checkpoint(checkpoint)
+    meta = {**weights_metadata(ckpt), **(extra or {}), "dtype": "float16" if half else "float32"}
+    try:
+        sha = save_weights(ckpt["model"], out, meta, half=half)
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {err.strerror}") from None
+    return out, sha
+
+
+def pretrained_checkpoint(name: str, weights: str = "cifar10") -> dict[str, Any]:
+    """Shipped (or file) weights in the shape of a training checkpoint, for eval and predict."""
+    model = create_model(name, weights=weights)
+    meta = model.pretrained_cfg
+    return {
+        "model_name": name,
+        "model_kwargs": meta.get("model_kwargs", {}),
+        "num_classes": meta["num_classes"],
+        "classes": meta.get("classes"),
+        "mean": meta.get("mean"),
+        "std": meta.get("std"),
+        "model": model.state_dict(),
+        "config": {"dataset": meta.get("dataset", "cifar10")},
+        "pretrained": meta,
+    }

@@ -30,6 +30,7 @@ PRESET_KEYS = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from cnnzoo.commands.train import add_train_options
+    from cnnzoo.train.recipes import defer_defaults
 
     p = sub.add_parser("degradation", help="He et al. Figure 6: plain vs residual, by depth")
     p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56])
@@ -49,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(default: on for --budget cpu, off for paper)",
     )
     add_train_options(p)
-    p.set_defaults(func=run, **{k: None for k in PRESET_KEYS})
+    defer_defaults(p, PRESET_KEYS)  # the --budget preset fills what is not given
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,16 +59,14 @@ def run(args: argparse.Namespace) -> int:
     from cnnzoo.commands.train import seeded_config_factory
     from cnnzoo.errors import UserError
     from cnnzoo.models import model_info
+    from cnnzoo.train.recipes import resolve_presets
 
     if not args.depths or any(d < 1 for d in args.depths):
         raise UserError("--depths must be positive integers")
     depths = sorted(set(args.depths))
     for name in dg.model_names(depths):
         model_info(name)  # e.g. depth 50 has no 6n+2 CIFAR net: fail before training
-    preset = dg.PRESETS[args.budget]
-    for key in PRESET_KEYS:
-        if getattr(args, key) is None:
-            setattr(args, key, preset[key])
+    resolve_presets(args, dg.PRESETS[args.budget])
     out = Path(args.out)
     est = dg.estimate_seconds(depths, args.epochs, args.subset, args.val)
     plan = (

@@ -8,95 +8,29 @@ import json
 from cnnzoo.errors import UserError
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    """The options shared by every command that trains (train, compare, degradation)."""
-    from cnnzoo.train.config import PRECISIONS, SCHEDULES, TrainConfig
+def add_train_options(p: argparse.ArgumentParser, train_only: bool = False) -> None:
+    """The options of every ``TrainConfig`` field that declares one (``cnnzoo.train.config.opt``):
+    the same for every command that trains (train, compare, degradation); ``train_only`` adds
+    those of a single run (--stop-after, --record-gradflow, --tensorboard)."""
+    from dataclasses import MISSING, fields
 
-    d = TrainConfig()
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=("cifar10", "cifar100"), default=d.dataset)
-    g.add_argument(
-        "--data",
-        help="archive, extracted folder, or 'synthetic[:N]' (generated, N training images) "
-        "(default: $CNNZOO_DATA, else ~/.cache/cnnzoo; downloads if missing)",
-    )
-    g.add_argument("--val", type=int, help="validation images held out (default 10%%; 0: none)")
-    g.add_argument("--subset", type=int, help="train on the first N training images")
-    g.add_argument("--no-augment", dest="augment", action="store_false")
-    g.add_argument("--cutout", type=int, default=d.cutout, metavar="PX")
-    g.add_argument(
-        "--crop-pad", type=int, default=d.crop_pad, metavar="PX", help="random-crop padding"
-    )
-    g.add_argument(
-        "--crop-reflect",
-        action=argparse.BooleanOptionalAction,
-        default=d.crop_reflect,
-        help="pad random crops by reflection instead of with zeros",
-    )
-    g.add_argument(
-        "--alternate-flip",
-        action=argparse.BooleanOptionalAction,
-        default=d.alternate_flip,
-        help="flip each image in every other epoch (random in the first) instead of at random",
-    )
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=d.epochs)
-    o.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    o.add_argument("--lr", type=float, default=d.lr)
-    o.add_argument("--momentum", type=float, default=d.momentum)
-    o.add_argument("--nesterov", action="store_true")
-    o.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    o.add_argument("--no-bn-weight-decay", action="store_true")
-    o.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    o.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    o.add_argument(
-        "--warmup-start",
-        type=float,
-        default=d.warmup_start,
-        metavar="FRAC",
-        help="the warm-up starts at FRAC × lr (default 0)",
-    )
-    o.add_argument(
-        "--final-lr",
-        type=float,
-        default=d.final_lr,
-        metavar="FRAC",
-        help="linear/cosine schedules end at FRAC × lr (default 0)",
-    )
-    o.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    o.add_argument("--ema", type=float, default=d.ema, help="weight EMA decay (0: off)")
-    o.add_argument(
-        "--lookahead",
-        action=argparse.BooleanOptionalAction,
-        default=d.lookahead,
-        help="airbench94's lookahead: from epoch 4, every 5 steps, an EMA of the weights "
-        "(decay 0.95^5 × (step/total)^3) copied back into them",
-    )
-    o.add_argument(
-        "--whiten-bias-epochs",
-        type=int,
-        default=d.whiten_bias_epochs,
-        metavar="N",
-        help="train a whitening stem's bias (fastnet) for N epochs, then freeze it",
-    )
-    o.add_argument("--tta", action="store_true", help="evaluate with flip test-time augmentation")
-    o.add_argument(
-        "--tta-shift",
-        type=int,
-        default=d.tta_shift,
-        metavar="PX",
-        help="test-time augmentation also over views translated by ±PX pixels (0: off)",
-    )
-    o.add_argument("--seed", type=int, default=d.seed)
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", default=d.device)
-    r.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    r.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    r.add_argument("--compile", action="store_true")
-    r.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks")
-    r.add_argument("--threads", type=int)
-    r.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    r.add_argument("--quiet", action="store_true")
+    from cnnzoo.train.config import TrainConfig
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(TrainConfig):
+        cli = dict(f.metadata.get("cli", {}))
+        if not cli or (cli.pop("train_only", False) and not train_only):
+            continue
+        group = cli.pop("group")
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        flag = cli.pop("flag", "--" + f.name.replace("_", "-"))
+        default = f.default if f.default is not MISSING else None
+        if isinstance(default, bool) and "action" not in cli:
+            cli["action"] = argparse.BooleanOptionalAction
+        elif "action" not in cli and "type" not in cli:
+            cli["type"] = type(default)
+        groups[group].add_argument(flag, dest=f.name, default=default, **cli)
 
 
 def config_from_args(args: argparse.Namespace, model: str, out: str | None):
@@ -142,23 +76,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--model-kwargs", help='JSON keyword arguments, e.g. \'{"shortcut": "B"}\'')
     p.add_argument(
-        "--record-gradflow",
-        action="store_true",
-        help="store per-epoch conv gradient norms in the run directory",
-    )
-    p.add_argument("--tensorboard", action="store_true")
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        metavar="EPOCH",
-        help="stop after this epoch; the schedule still spans --epochs (resume later)",
-    )
-    p.add_argument(
         "--recipe",
         metavar="NAME",
-        help="start from a named recipe, e.g. 'fast' (fastnet's speed run); explicit options win",
+        help="start from a named recipe (resnet-cpu, he2015, fast, fast-cpu); explicit options win",
     )
-    add_train_options(p)
+    add_train_options(p, train_only=True)
     from cnnzoo.train.recipes import defer_defaults
 
     defer_defaults(p)  # options a recipe sets default to "unset" until run() resolves them

@@ -11,54 +11,123 @@ from cnnzoo.errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_TTA_SHIFT = 8  # translate-TTA pixels; reflection padding needs fewer than the image side
 SCHEDULES = ("cosine", "linear", "constant", "step")  # step: ÷10 at 50% and 75% (He et al.)
+DATASETS = ("cifar10", "cifar100")
+
+
+def opt(default: Any, group: str, help: str, **cli: Any) -> Any:
+    """A field with its command-line option: ``--name-with-dashes`` in ``group``. ``cli`` goes
+    to ``argparse.add_argument`` (``type`` is the default's unless given; a bool is an
+    ``--x/--no-x`` switch unless ``action`` says otherwise); ``flag`` renames the option;
+    ``train_only`` keeps it off the commands that train many runs (compare, degradation)."""
+    return field(default=default, metadata={"cli": {"group": group, "help": help, **cli}})
 
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. Defaults are the reference notebook's recipe:
-    SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine over the run, batch 128, 20 epochs."""
+    """Every knob of a training run, and (field metadata) its command-line option: adding an
+    option is adding a field here. Defaults are the reference notebook's recipe: SGD lr 0.1,
+    momentum 0.9, weight decay 5e-4, cosine over the run, batch 128, 20 epochs."""
 
-    model: str = "resnet20"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "cifar10"  # cifar10 | cifar100
-    data: str | None = None  # archive, folder, or "synthetic"; None: $CNNZOO_DATA or the cache
-    epochs: int = 20
-    batch_size: int = 128  # global: per-rank batch = batch_size / world size
-    lr: float = 0.1  # for the global batch; scale it yourself when you change batch_size
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    no_bn_weight_decay: bool = False  # no weight decay on BN parameters and biases
-    schedule: str = "cosine"  # per step: cosine to 0, linear to 0, or constant
-    warmup_epochs: float = 0.0  # linear warm-up, in (fractional) epochs
-    warmup_start: float = 0.0  # the warm-up starts at this fraction of lr (airbench94: 0.2)
-    final_lr: float = 0.0  # linear/cosine decay ends at this fraction of lr (airbench94: 0.07)
-    label_smoothing: float = 0.0
-    augment: bool = True  # random crop (4 px zero padding) + horizontal flip
-    cutout: int = 0  # cutout square side in pixels, 0 = off
-    crop_pad: int = 4  # random-crop padding: translations of up to ±crop_pad pixels
-    crop_reflect: bool = False  # pad by reflection (airbench94) instead of with zeros
-    alternate_flip: bool = False  # flip each image in every other epoch (random in epoch 0)
-    ema: float = 0.0  # decay of an exponential moving average of the weights, 0 = off
-    lookahead: bool = False  # airbench94's lookahead: an EMA copied back into the weights
-    whiten_bias_epochs: int | None = None  # train a whitening stem's bias this long, then freeze
-    tta: bool = False  # evaluate on image + its mirror image
-    tta_shift: int = 0  # also average over views translated by ±tta_shift pixels; 0 = off
-    val: int | None = None  # held-out validation images; None = 10% of the training set
-    subset: int | None = None  # train on the first N training images (after the val split)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto: bf16 where the hardware has it, else fp32
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = False
-    eval_batch_size: int = 1000
-    threads: int | None = None  # torch intra-op threads; None = PyTorch's default
+    model: str = "resnet20"  # the command's positional MODEL
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # train's --model-kwargs JSON
+    # ---- data
+    dataset: str = opt("cifar10", "data", "dataset the archive holds", choices=DATASETS)
+    data: str | None = opt(
+        None,
+        "data",
+        "archive, extracted folder, or 'synthetic[:N]' (generated, N training images) "
+        "(default: $CNNZOO_DATA, else ~/.cache/cnnzoo; downloads if missing)",
+        type=str,
+    )
+    val: int | None = opt(
+        None, "data", "validation images held out (default 10%%; 0: none)", type=int
+    )
+    subset: int | None = opt(None, "data", "train on the first N training images", type=int)
+    augment: bool = opt(True, "data", "random crop + horizontal flip of the training images")
+    cutout: int = opt(0, "data", "cutout square side in pixels (0: off)", metavar="PX")
+    crop_pad: int = opt(4, "data", "random-crop padding: shifts of up to ±PX", metavar="PX")
+    crop_reflect: bool = opt(False, "data", "pad random crops by reflection, not with zeros")
+    alternate_flip: bool = opt(
+        False, "data", "flip each image in every other epoch (random in the first), not at random"
+    )
+    # ---- optimisation
+    epochs: int = opt(20, "optimisation", "training epochs")
+    batch_size: int = opt(128, "optimisation", "global batch size (split over torchrun ranks)")
+    lr: float = opt(0.1, "optimisation", "peak learning rate, for the global batch")
+    momentum: float = opt(0.9, "optimisation", "SGD momentum")
+    nesterov: bool = opt(False, "optimisation", "Nesterov momentum")
+    weight_decay: float = opt(5e-4, "optimisation", "SGD weight decay")
+    no_bn_weight_decay: bool = opt(
+        False, "optimisation", "no weight decay on BN parameters and biases", action="store_true"
+    )
+    schedule: str = opt(
+        "cosine",
+        "optimisation",
+        "lr per step after the warm-up: cosine or linear decay, constant, or step (÷10 at 50%% "
+        "and 75%%, He et al.)",
+        choices=SCHEDULES,
+    )
+    warmup_epochs: float = opt(0.0, "optimisation", "linear warm-up, in (fractional) epochs")
+    warmup_start: float = opt(
+        0.0, "optimisation", "the warm-up starts at FRAC × lr", metavar="FRAC"
+    )
+    final_lr: float = opt(
+        0.0, "optimisation", "linear/cosine schedules end at FRAC × lr", metavar="FRAC"
+    )
+    label_smoothing: float = opt(0.0, "optimisation", "label smoothing of the loss")
+    ema: float = opt(0.0, "optimisation", "decay of an EMA of the weights, evaluated (0: off)")
+    lookahead: bool = opt(
+        False,
+        "optimisation",
+        "airbench94's lookahead: from epoch 4, every 5 steps, an EMA of the weights "
+        "(decay 0.95^5 × (step/total)^3) copied back into them",
+    )
+    whiten_bias_epochs: int | None = opt(
+        None,
+        "optimisation",
+        "train a whitening stem's bias (fastnet) for N epochs, then freeze it",
+        type=int,
+        metavar="N",
+    )
+    tta: bool = opt(False, "optimisation", "evaluate on each image and its mirror image")
+    tta_shift: int = opt(
+        0, "optimisation", "TTA also over views shifted by ±PX pixels (0: off)", metavar="PX"
+    )
+    seed: int = opt(0, "optimisation", "seed of the weights, split, order and augmentation")
+    # ---- runtime
+    device: str = opt("auto", "runtime", "auto, cpu, cuda, cuda:N or mps")
+    precision: str = opt(
+        "auto",
+        "runtime",
+        "auto: bf16 on CUDA, and on a CPU where a short conv measures it faster; else fp32",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = opt(True, "runtime", "channels_last memory format")
+    compile: bool = opt(False, "runtime", "torch.compile the model")
+    sync_bn: bool = opt(False, "runtime", "SyncBatchNorm across torchrun ranks (CUDA)")
+    eval_batch_size: int = opt(1000, "runtime", "batch size of evaluation passes")
+    threads: int | None = opt(None, "runtime", "torch intra-op threads", type=int)
+    quiet: bool = opt(False, "runtime", "print nothing but errors")
+    # ---- one run's own
     out: str | None = None  # run directory; None = runs/<model>-<timestamp>
-    stop_after: int | None = None  # stop after this epoch (the schedule still spans `epochs`)
-    record_gradflow: bool = False  # per-epoch conv-gradient norms into gradflow.jsonl
-    tensorboard: bool = False
-    quiet: bool = False
+    stop_after: int | None = opt(
+        None,
+        "run",
+        "stop after this epoch; the schedule still spans --epochs (resume later)",
+        type=int,
+        metavar="EPOCH",
+        train_only=True,
+    )
+    record_gradflow: bool = opt(
+        False,
+        "run",
+        "store per-epoch conv gradient norms in the run directory",
+        action="store_true",
+        train_only=True,
+    )
+    tensorboard: bool = opt(
+        False, "run", "log to RUN/tensorboard", action="store_true", train_only=True
+    )
 
     def validate(self) -> TrainConfig:
         """Raise ``UserError`` naming the first bad value."""
@@ -95,7 +164,7 @@ class TrainConfig:
         need(self.threads is None or self.threads >= 1, "--threads must be at least 1")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
         need(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
-        need(self.dataset in ("cifar10", "cifar100"), "--dataset must be cifar10 or cifar100")
+        need(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ on the command line still win. A recipe is plain data, so it is saved, resolved,
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
@@ -137,31 +138,37 @@ def recipe_config(name: str, model: str, **overrides: Any) -> TrainConfig:
     return TrainConfig(model=model, **{**recipe(name), **overrides})
 
 
-# ---- command-line wiring: the recipe supplies defaults, explicit options win -------------------
+# ---- command-line wiring: a preset supplies defaults, explicit options win -------------------
+# One mechanism for every preset: the recipes here and the degradation study's budgets.
 
 
 class _Unset:
     """Marks an option the user did not give (argparse cannot tell "given the default" apart)."""
 
     def __repr__(self) -> str:
-        return "<recipe default>"
+        return "<preset default>"
 
 
 UNSET = _Unset()
 
 
-def defer_defaults(parser: argparse.ArgumentParser) -> None:
-    """Make every option some recipe sets default to ``UNSET``, remembering its real default,
-    so that ``resolve_recipe_args`` can tell options given on the command line from the rest."""
-    keys = sorted({k for r in RECIPES.values() for k in r})
+def defer_defaults(parser: argparse.ArgumentParser, keys: Iterable[str] | None = None) -> None:
+    """Make every option in ``keys`` (default: every key some recipe sets) default to ``UNSET``,
+    remembering its real default, so that ``resolve_presets`` can tell options given on the
+    command line from the rest."""
+    keys = sorted(keys if keys is not None else {k for r in RECIPES.values() for k in r})
     real = {k: parser.get_default(k) for k in keys}
-    parser.set_defaults(**dict.fromkeys(keys, UNSET), _recipe_real_defaults=real)
+    parser.set_defaults(**dict.fromkeys(keys, UNSET), _preset_real_defaults=real)
+
+
+def resolve_presets(args: argparse.Namespace, preset: dict[str, Any]) -> argparse.Namespace:
+    """Fill each deferred option left unset with ``preset``'s value, else its real default."""
+    for key, default in getattr(args, "_preset_real_defaults", {}).items():
+        if getattr(args, key, UNSET) is UNSET:
+            setattr(args, key, preset.get(key, default))
+    return args
 
 
 def resolve_recipe_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill each option left unset with ``args.recipe``'s value, else the parser's default."""
-    values = recipe(args.recipe) if getattr(args, "recipe", None) else {}
-    for key, default in getattr(args, "_recipe_real_defaults", {}).items():
-        if getattr(args, key, UNSET) is UNSET:
-            setattr(args, key, values.get(key, default))
-    return args
+    """``resolve_presets`` with ``args.recipe``'s values (none without ``--recipe``)."""
+    return resolve_presets(args, recipe(args.recipe) if getattr(args, "recipe", None) else {})

@@ -19,6 +19,7 @@ from cnnzoo.data import Augment, TensorLoader, load_dataset, stratified_split
 from cnnzoo.data.loader import normalize
 from cnnzoo.errors import TrainingDiverged, UserError
 from cnnzoo.models import create_model, model_info
+from cnnzoo.models.gradnorms import conv_grad_norms
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.config import TrainConfig, lr_at
 from cnnzoo.train.ema import EMA
@@ -497,8 +498,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _record_gradflow(model, loader, criterion, amp, out: Path, epoch: int) -> None:
-    from cnnzoo.analysis.gradflow import conv_grad_norms
-
     x, y = next(iter(loader))  # the first batch of the current epoch's order
     layers, norms = conv_grad_norms(model, x, y, criterion=criterion, amp=amp)
     append_jsonl(out / "gradflow.jsonl", {"epoch": epoch, "layers": layers, "norms": norms})

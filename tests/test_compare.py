@@ -174,4 +174,4 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again(tmp_path: Pat
         "1",
     ]
     assert cli.main(argv) == 0
-    assert json.loads((dead / "summary.json").read_text())["epochs"] == 2
+    assert json.loads((dead / "summary.json").read_text())["epochs"] == 1

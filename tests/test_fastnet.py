@@ -158,6 +158,7 @@ def test_speedrun_benchmark_prints_the_figures(
     assert "| 2 | fp32 |" in text and "theoretical fp32" in text
     # --versus: the two configurations alternate, and the time ratio is printed
     argv[1] = "1"
+    argv[argv.index("--out") + 1] = str(tmp_path / "versus")
     assert mod.main([*argv, "--versus", "fastnet_small:fast"]) == 0
     text = capsys.readouterr().out
     order = [text.index("fast-cpu seed 0:"), text.index("fastnet_small fast seed 0:")]

@@ -65,39 +65,11 @@ def run(args: argparse.Namespace) -> int:
     if models:
         x, y, num_classes = gf.training_batch(args.dataset, args.data, args.batch_size, args.seed)
         results.update(gf.measure_models(models, x, y, args.seed, num_classes))
-    runs: dict[str, list[dict]] = {}
+    runs = {}
     for run_dir in args.run:
-        model, rows = gf.read_run_gradflow(run_dir)
-        key = f"{model} ({Path(run_dir).name})"
+        key, rows = _run_results(gf, run_dir, results)
         runs[key] = rows
-        last = rows[-1]
-        results[key] = {
-            "layers": last["layers"],
-            "norms": last["norms"],
-            "max_min_ratio": last["max_min_ratio"],
-            "first_last_ratio": last["first_last_ratio"],
-            "epoch": last["epoch"],
-            "epochs": [
-                {k: r[k] for k in ("epoch", "norms", "max_min_ratio", "first_last_ratio")}
-                for r in rows
-            ],
-        }
-
-    written: list[Path] = []
-    if args.plot:
-        out = Path(args.out)
-        for key, r in results.items():
-            stem = _slug(key)
-            written += gf.plot_bars(key, r["layers"], r["norms"], out / f"bars-{stem}.png")
-            if key in runs:
-                written += gf.plot_run_epochs(key, runs[key], out / f"epochs-{stem}.png")
-        title = (
-            "conv gradient norm vs depth at initialisation"
-            if not runs
-            else "conv gradient norm vs depth (runs: last recorded epoch)"
-        )
-        written += gf.plot_overlay(results, out / "overlay.png", title=title)
-
+    written = _plots(gf, args, results, runs) if args.plot else []
     if args.format == "json":
         json.dump(results, sys.stdout, indent=2)
         print()
@@ -112,6 +84,36 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _run_results(gf, run_dir: str, results: dict[str, dict]) -> tuple[str, list[dict]]:
+    """A training run's recorded rows; its last epoch joins ``results`` under its key."""
+    model, rows = gf.read_run_gradflow(run_dir)
+    key = f"{model} ({Path(run_dir).name})"
+    last = rows[-1]
+    keys = ("epoch", "norms", "max_min_ratio", "first_last_ratio")
+    results[key] = {
+        "layers": last["layers"],
+        **{k: last[k] for k in keys},
+        "epochs": [{k: r[k] for k in keys} for r in rows],
+    }
+    return key, rows
+
+
+def _plots(gf, args: argparse.Namespace, results: dict, runs: dict) -> list[Path]:
+    """Bars per model (and per-epoch curves for runs), and the overlay of all of them."""
+    out, written = Path(args.out), []
+    for key, r in results.items():
+        stem = _slug(key)
+        written += gf.plot_bars(key, r["layers"], r["norms"], out / f"bars-{stem}.png")
+        if key in runs:
+            written += gf.plot_run_epochs(key, runs[key], out / f"epochs-{stem}.png")
+    title = (
+        "conv gradient norm vs depth at initialisation"
+        if not runs
+        else "conv gradient norm vs depth (runs: last recorded epoch)"
+    )
+    return written + gf.plot_overlay(results, out / "overlay.png", title=title)
 
 
 def _slug(text: str) -> str:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from cnnzoo.atomic import atomic_open
 from cnnzoo.data.archive import download, md5sum, read_tar_members
+from cnnzoo.data.dataset import Dataset
+from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES, make_synthetic
 from cnnzoo.errors import UserError
 
 
@@ -74,24 +75,6 @@ DATASETS: dict[str, Spec] = {
 }
 
 
-@dataclass
-class Dataset:
-    """Images as uint8 NHWC tensors (N, 32, 32, 3), labels as int64 (N,)."""
-
-    name: str
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    classes: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
 def default_root() -> Path:
     env = os.environ.get("CNNZOO_DATA")
     return Path(env) if env else Path.home() / ".cache" / "cnnzoo"
@@ -109,8 +92,6 @@ def is_synthetic(data: str | os.PathLike | None) -> bool:
 def synthetic_size(data: str | os.PathLike | None) -> int | None:
     """Training images asked for by ``'synthetic'`` (the generator's default) or
     ``'synthetic:N'``; None for real data. A malformed size is a user error, not a path."""
-    from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES
-
     if not is_synthetic(data):
         return None
     _, _, n = str(data).partition(":")
@@ -127,8 +108,6 @@ def load_dataset(
     """Load ``name`` ('cifar10', 'cifar100') from ``data``; ``data='synthetic'`` (or
     ``'synthetic:N'`` for N training images) for generated test data."""
     if is_synthetic(data) or name == "synthetic":
-        from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES, make_synthetic
-
         return make_synthetic(n_train=synthetic_size(data) or DEFAULT_TRAIN_IMAGES)
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

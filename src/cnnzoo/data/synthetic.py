@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnzoo.data.cifar import Dataset
+from cnnzoo.data.dataset import Dataset
 
 DEFAULT_TRAIN_IMAGES = 2000  # what --data synthetic gives; synthetic:N asks for N
 

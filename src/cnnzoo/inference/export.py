@@ -31,12 +31,17 @@ import torch
 from torch import nn
 
 from cnnzoo.atomic import current_umask
+from cnnzoo.data import normalize
 from cnnzoo.errors import UserError
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 9
 MAX_OPSET = 20  # the TorchScript-based exporter's newest opset
 DEFAULT_ATOL = 1e-3
+INPUT_NORMALISED = {  # metadata: what the graph's input is, by --include-normalization
+    True: "float32 NCHW RGB in [0, 1] (pixel / 255); normalised inside the graph",
+    False: "float32 NCHW RGB, normalised: (pixel / 255 - mean) / std",
+}
 REAL_IMAGES = 64  # test-split images used for the check
 
 
@@ -121,24 +126,7 @@ def export_onnx(
         raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
     tmp = Path(tmp_name)
     try:
-        example = torch.zeros(2, 3, 32, 32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    str(tmp),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                    do_constant_folding=True,
-                )
-            except Exception as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
-                raise UserError(f"ONNX export failed (opset {opset}): {first}") from None
+        _export(module, tmp, opset)
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
         meta = {
@@ -146,11 +134,7 @@ def export_onnx(
             "cnnzoo.classes": json.dumps(classes),
             "cnnzoo.mean": json.dumps(list(mean)),
             "cnnzoo.std": json.dumps(list(std)),
-            "cnnzoo.input": (
-                "float32 NCHW RGB in [0, 1] (pixel / 255); normalised inside the graph"
-                if include_normalization
-                else "float32 NCHW RGB, normalised: (pixel / 255 - mean) / std"
-            ),
+            "cnnzoo.input": INPUT_NORMALISED[include_normalization],
         }
         for key, value in meta.items():
             prop = proto.metadata_props.add()
@@ -158,34 +142,9 @@ def export_onnx(
         onnx.save(proto, str(tmp))
 
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-
-        def max_diff(x: torch.Tensor) -> float:
-            with torch.no_grad():
-                want = module(x).numpy()
-            (got,) = session.run(["logits"], {"input": x.numpy()})
-            if got.shape != want.shape:
-                raise ExportMismatch(f"onnxruntime output shape {got.shape}, PyTorch {want.shape}")
-            return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-
-        g = torch.Generator().manual_seed(0)
-        randoms = [
-            torch.rand(n, 3, 32, 32, generator=g)
-            if include_normalization
-            else torch.randn(n, 3, 32, 32, generator=g)
-            for n in (1, 8)
-        ]
-        random_diff = max(max_diff(x) for x in randoms)
-        real, real_note = _real_images(ckpt, data)
-        real_diff = None
-        if real is not None:
-            from cnnzoo.data import normalize
-
-            x = (
-                real.permute(0, 3, 1, 2).float().div(255.0).contiguous()
-                if include_normalization
-                else normalize(real, mean, std, channels_last=False).contiguous()
-            )
-            real_diff = max_diff(x)
+        random_diff, real_diff, real, real_note = _compare(
+            session, module, ckpt, data, include_normalization, mean, std
+        )
         worst = max(random_diff, real_diff or 0.0)
         if not np.isfinite(worst) or worst > atol:
             raise ExportMismatch(
@@ -210,6 +169,54 @@ def export_onnx(
         std=std,
         classes=classes,
     )
+
+
+def _compare(session, module: nn.Module, ckpt, data, include_normalization: bool, mean, std):
+    """Max |onnxruntime - PyTorch| on random inputs (batches of 1 and 8) and on real test images
+    when a local copy of the dataset is found: (random diff, real diff or None, the real
+    images or None, where they came from or why not)."""
+
+    def max_diff(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            want = module(x).numpy()
+        (got,) = session.run(["logits"], {"input": x.numpy()})
+        if got.shape != want.shape:
+            raise ExportMismatch(f"onnxruntime output shape {got.shape}, PyTorch {want.shape}")
+        return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+
+    g = torch.Generator().manual_seed(0)
+    make = torch.rand if include_normalization else torch.randn
+    random_diff = max(max_diff(make(n, 3, 32, 32, generator=g)) for n in (1, 8))
+    real, real_note = _real_images(ckpt, data)
+    if real is None:
+        return random_diff, None, None, real_note
+    x = (
+        real.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+        if include_normalization
+        else normalize(real, mean, std, channels_last=False).contiguous()
+    )
+    return random_diff, max_diff(x), real, real_note
+
+
+def _export(module: nn.Module, path: Path, opset: int) -> None:
+    """The TorchScript-based exporter with a dynamic batch dimension; a failure is one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module,
+                (torch.zeros(2, 3, 32, 32),),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                do_constant_folding=True,
+            )
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+            raise UserError(f"ONNX export failed (opset {opset}): {first}") from None
 
 
 def _real_images(ckpt: dict[str, Any], data: str | None) -> tuple[torch.Tensor | None, str]:

@@ -92,7 +92,12 @@ class ConvGroup(nn.Sequential):
 
 
 class FastNet(nn.Module):
-    """Stem, three conv groups, global max-pool, scaled linear head (see the module docstring)."""
+    """Stem, three conv groups, global max-pool, scaled linear head (see the module docstring).
+
+    Needs a data-dependent initialisation: the trainer calls ``init_from_data`` with the first
+    ``INIT_IMAGES`` training images before the first step (airbench94 uses 5,000)."""
+
+    INIT_IMAGES = 5000
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""The files of a run directory: config.json, metrics.jsonl/.csv, summary.json."""
+"""The run directory: its files (config.json, metrics.jsonl/.csv, summary.json, gradflow.jsonl,
+last.pt/best.pt) and its life (created once, refused when it exists, cleaned after a kill)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.atomic import atomic_open
+from cnnzoo.errors import UserError
+from cnnzoo.train.runtime import DistInfo, barrier
 
+GRADFLOW_FILE = "gradflow.jsonl"  # per-epoch conv gradient norms (--record-gradflow)
 METRIC_COLUMNS = (
     "epoch",
     "lr",
@@ -51,3 +55,67 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+# ---- the run directory's life: create, refuse, detect a kill, clean up, resume ---------------
+
+# The files a run writes atomically (temp file + rename), whose temp files a kill can leave.
+RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "metrics.csv", "summary.json")
+
+
+def stale_temp_files(out: Path) -> list[Path]:
+    """Temp files of saves cut short by a kill."""
+    return [p for name in RUN_FILES for p in out.glob(f".{name}.*.tmp")]
+
+
+def has_run_files(out: Path) -> bool:
+    """Anything in ``out`` besides temp files of a run killed before it wrote a file."""
+    stale = set(stale_temp_files(out))
+    return any(p not in stale for p in out.iterdir())
+
+
+def killed_before_first_checkpoint(run: Path) -> bool:
+    """A run directory with its config.json but no last.pt yet (stopped during epoch 1)."""
+    return not (run / "last.pt").exists() and (run / "config.json").is_file()
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    """A run's config.json as a dict; ``UserError`` when it is missing or not one."""
+    path = Path(run) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a cnnzoo run configuration")
+    return cfg
+
+
+def truncate_jsonl(path: Path, last_epoch: int) -> None:
+    """Keep the rows of a per-epoch JSON-lines file up to ``last_epoch`` (the resume point)."""
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if r.strip()]
+        kept = [r for r in rows if json.loads(r)["epoch"] <= last_epoch]
+        write_text_atomic(path, "".join(r + "\n" for r in kept))
+
+
+def prepare_out_dir(out: Path, dist: DistInfo, resuming: bool) -> Path:
+    """Create the run directory on rank 0 and remove stale temp files; never reuse a non-empty
+    one unless resuming."""
+    if not resuming and out.exists() and (not out.is_dir() or has_run_files(out)):
+        raise UserError(
+            f"{out} already exists; pass --resume {out} to continue it, or another --out"
+        )
+    barrier(dist)  # every rank has checked before rank 0 creates anything
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise UserError(f"cannot write to {out}: {err.strerror}") from None
+        for stale in stale_temp_files(out):
+            stale.unlink(missing_ok=True)
+    barrier(dist)
+    return out

@@ -1,0 +1,211 @@
+"""Everything a run needs before its first step: the resolved configuration, the runtime
+(device, ranks, precision), the data loaders, the model and the optimizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnzoo.data import Augment, TensorLoader, stratified_split
+from cnnzoo.data.dataset import Dataset
+from cnnzoo.data.loader import normalize
+from cnnzoo.errors import UserError
+from cnnzoo.models import create_model, model_info
+from cnnzoo.train import checkpoint as ckpt_io
+from cnnzoo.train.config import TrainConfig
+from cnnzoo.train.ema import EMA
+from cnnzoo.train.lookahead import Lookahead
+from cnnzoo.train.rundir import killed_before_first_checkpoint, read_config
+from cnnzoo.train.runtime import (
+    DistInfo,
+    PrecisionChoice,
+    broadcast_object,
+    choose_precision,
+    init_distributed,
+    resolve_device,
+)
+
+
+def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dict | None]:
+    """The run's configuration (a copy: the caller's stays as given) and, when resuming from a
+    checkpoint, its saved state. A resumed run keeps its saved configuration; only
+    ``stop_after`` and ``quiet`` belong to this invocation. A run killed before its first
+    checkpoint starts over with its own config.json."""
+    cfg, state = dataclasses.replace(cfg), None
+    if resume is not None:
+        if killed_before_first_checkpoint(resume):
+            saved = TrainConfig.from_dict(read_config(resume))
+        else:
+            state = ckpt_io.load_checkpoint(resume / "last.pt")
+            saved = TrainConfig.from_dict(state["config"])
+        saved.out, saved.stop_after, saved.quiet = str(resume), cfg.stop_after, cfg.quiet
+        cfg = saved
+    cfg.validate()
+    model_info(cfg.model)  # unknown names fail here, before any data is read
+    try:  # and so do bad --model-kwargs: a build on the meta device allocates nothing
+        with torch.device("meta"):
+            create_model(cfg.model, **cfg.model_kwargs)
+    except ValueError as err:
+        raise UserError(f"--model-kwargs: {err}") from None
+    return cfg, state
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dist: DistInfo
+    choice: PrecisionChoice
+
+    @property
+    def precision(self) -> str:
+        return self.choice.precision
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Device, process group (under torchrun), threads and precision, checked together."""
+    device = resolve_device(cfg.device)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # auto on a CPU times a conv: rank 0 measures and decides for every rank
+    measures = cfg.precision == "auto" and device.type == "cpu"
+    choice = choose_precision(cfg.precision, device) if dist.is_main or not measures else None
+    choice = broadcast_object(choice, dist)
+    if cfg.batch_size % dist.world_size:
+        raise UserError(f"--batch-size {cfg.batch_size} must divide by {dist.world_size} ranks")
+    if cfg.sync_bn and dist.enabled and device.type != "cuda":
+        raise UserError(
+            "--sync-bn needs CUDA devices: PyTorch's SyncBatchNorm does not run on the CPU "
+            "(without it each rank normalises over its own per-rank batch)"
+        )
+    if cfg.out is None:  # one name for every rank
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg.out = str(broadcast_object(f"runs/{cfg.model}-{stamp}", dist))
+    return Runtime(device, dist, choice)
+
+
+@dataclass
+class Loaders:
+    train: TensorLoader
+    val: TensorLoader | None
+    test: TensorLoader
+    train_idx: torch.Tensor  # positions of the training images in the training set
+    n_val: int
+
+
+def build_loaders(cfg: TrainConfig, data: Dataset, rt: Runtime) -> Loaders:
+    """The seeded, stratified validation split, the training subset and the three loaders."""
+    n_total = data.train_x.shape[0]
+    n_val = cfg.val if cfg.val is not None else n_total // 10
+    if n_val >= n_total:
+        raise UserError(f"--val {n_val} leaves no training images (the set has {n_total})")
+    train_idx, val_idx = stratified_split(data.train_y, n_val, seed=cfg.seed)
+    if cfg.subset is not None:
+        train_idx = train_idx[: cfg.subset]
+    if cfg.batch_size > train_idx.numel():
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is larger than the training set "
+            f"({train_idx.numel()} images)"
+        )
+    aug = Augment(
+        pad=cfg.crop_pad,
+        cutout=cfg.cutout,
+        alternate_flip=cfg.alternate_flip,
+        reflect=cfg.crop_reflect,
+    )
+    common: dict[str, Any] = dict(
+        mean=data.mean,
+        std=data.std,
+        device=rt.device,
+        channels_last=cfg.channels_last,
+        rank=rt.dist.rank,
+        world_size=rt.dist.world_size,
+    )
+    train_x, train_y = data.train_x[train_idx], data.train_y[train_idx]
+    per_rank = cfg.batch_size // rt.dist.world_size
+    train = TensorLoader(
+        train_x, train_y, per_rank, train=True, augment=aug if cfg.augment else None,
+        seed=cfg.seed, **common,
+    )  # fmt: skip
+    val_x, val_y = data.train_x[val_idx], data.train_y[val_idx]
+    val = TensorLoader(val_x, val_y, cfg.eval_batch_size, **common) if n_val else None
+    test = TensorLoader(data.test_x, data.test_y, cfg.eval_batch_size, **common)
+    return Loaders(train, val, test, train_idx, n_val)
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def build_model(
+    cfg: TrainConfig, data: Dataset, loaders: Loaders, rt: Runtime, fresh: bool
+) -> nn.Module:
+    """The seeded model on its device. A model with a data-dependent initialisation declares it
+    with ``init_from_data(images)`` and ``INIT_IMAGES`` (FastNet's whitening stem): it gets that
+    many un-augmented training images, normalised as the loader does, (n, 3, H, W) float32,
+    unless the run resumes (its checkpoint holds the result)."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+    if fresh and hasattr(model, "init_from_data"):
+        sample = data.train_x[loaders.train_idx[: model.INIT_IMAGES]]
+        model.init_from_data(normalize(sample, data.mean, data.std, channels_last=False))
+    if cfg.sync_bn and rt.dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.whiten_bias_epochs is not None and not isinstance(
+        getattr(model, "stem_bias", None), nn.Parameter
+    ):
+        raise UserError(f"--whiten-bias-epochs: {cfg.model} has no whitening stem bias")
+    return model.to(rt.device, memory_format=memory_format(cfg))
+
+
+@dataclass
+class Optim:
+    """The optimizer and what steps with it: loss scaler (fp16), weight EMA, lookahead."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    ema: EMA | None
+    lookahead: Lookahead | None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.state_dict() if self.ema else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        for part in ("scaler", "ema", "lookahead"):
+            if getattr(self, part) is not None and state.get(part):
+                getattr(self, part).load_state_dict(state[part])
+
+
+def build_optim(cfg: TrainConfig, model: nn.Module, rt: Runtime) -> Optim:
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    return Optim(optimizer, scaler, ema, Lookahead(model) if cfg.lookahead else None)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    if not cfg.no_bn_weight_decay:
+        return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # BN weights/biases and all biases
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

@@ -391,3 +391,11 @@ def test_tensorboard_writer_is_closed_however_the_run_ends(tmp_path: Path, monke
         train(TrainConfig(**{**SMALL, "lr": 1e4}, epochs=1, tensorboard=True,
                           out=str(tmp_path / "b")))  # fmt: skip
     assert closed == ["closed", "closed"]  # ended by an error
+
+
+def test_progress_lines_say_when_the_whole_run_ends() -> None:
+    from cnnzoo.train.progress import run_eta
+
+    assert run_eta([30.0, 32.0], epochs_left=58, now=0).startswith(" | run ends in 30m (~")
+    assert run_eta([3900.0], epochs_left=1).startswith(" | run ends in 1h05m")
+    assert run_eta([10.0], epochs_left=0) == "" and run_eta([], epochs_left=5) == ""

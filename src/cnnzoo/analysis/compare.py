@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.errors import UserError
-from cnnzoo.train.rundir import read_metrics, write_json, write_text_atomic
+from cnnzoo.train.rundir import RunDir, write_json, write_text_atomic
 
 CURVES = (
     ("train_loss", "training loss", "cross-entropy loss"),
@@ -55,24 +54,14 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     """Read a finished run; ``UserError`` when the directory is not one."""
-    p = Path(path)
-    try:
-        config = json.loads((p / "config.json").read_text())
-        summary = json.loads((p / "summary.json").read_text())
-    except FileNotFoundError as err:
-        raise UserError(
-            f"{p} is not a finished run directory (no {Path(err.filename).name})"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read run {p}: {err}") from None
-    history = read_metrics(p)
+    run = RunDir(Path(path))
+    if not run.is_finished():
+        missing = "summary.json" if run.file("config.json").is_file() else "config.json"
+        raise UserError(f"{run.path} is not a finished run directory (no {missing})")
+    config, summary, history = run.config(), run.summary() or {}, run.metrics()
     if not history:
-        raise UserError(f"{p} has no metrics.jsonl rows")
-    return Run(p, config["model"], int(config.get("seed", 0)), config, history, summary)
-
-
-def is_finished(path: Path) -> bool:
-    return (path / "summary.json").is_file() and (path / "config.json").is_file()
+        raise UserError(f"{run.path} has no metrics.jsonl rows")
+    return Run(run.path, config["model"], int(config.get("seed", 0)), config, history, summary)
 
 
 def train_runs(
@@ -90,9 +79,9 @@ def train_runs(
     for seed in seeds:
         for model in models:
             run_dir = out / "runs" / f"{model}-s{seed}"
-            if is_finished(run_dir):
+            if RunDir(run_dir).is_finished():
                 log(f"reusing finished run {run_dir}")
-            elif (run_dir / "last.pt").is_file():
+            elif RunDir(run_dir).has_checkpoint():
                 log(f"resuming {run_dir}")
                 train(make_config(model, seed, run_dir), resume=run_dir)
             else:

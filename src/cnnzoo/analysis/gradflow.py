@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cnnzoo.errors import UserError
 from cnnzoo.models.gradnorms import (  # noqa: F401  (the measurement; re-exported here)
     _local_batch_norm,
     conv_grad_norms,
     conv_layers_in_order,
 )
+from cnnzoo.train.rundir import RunDir
 
 
 def summarize(norms: list[float]) -> dict[str, float]:
@@ -41,7 +43,6 @@ def training_batch(
     step sees (normalised like training, random crop + flip), so the norms match ``train``'s;
     and the data's class count (generated data has 10, whatever ``dataset`` says)."""
     from cnnzoo.data import Augment, TensorLoader, load_dataset
-    from cnnzoo.errors import UserError
 
     if batch_size < 2:
         raise UserError("--batch-size must be at least 2 (BatchNorm needs a batch)")
@@ -83,27 +84,19 @@ def measure_models(
 
 def read_run_gradflow(run_dir: str | Path) -> tuple[str, list[dict[str, object]]]:
     """(model name, rows of gradflow.jsonl with summary numbers added) of a training run."""
-    import json
-
-    from cnnzoo.errors import UserError
-
-    run = Path(run_dir)
-    path = run / "gradflow.jsonl"
-    if not path.is_file():
+    run = RunDir(Path(run_dir))
+    recorded = run.gradflow()
+    if recorded is None:
         raise UserError(
-            f"{run} has no gradflow.jsonl; train with `cnnzoo train MODEL --record-gradflow`"
+            f"{run.path} has no gradflow.jsonl; train with `cnnzoo train MODEL --record-gradflow`"
         )
     try:
-        model = json.loads((run / "config.json").read_text())["model"]
-    except (OSError, ValueError, KeyError):
-        model = run.name
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows.append({**row, **summarize(row["norms"])})
+        model = run.config()["model"]
+    except (UserError, KeyError):
+        model = run.path.name
+    rows = [{**row, **summarize(row["norms"])} for row in recorded]
     if not rows:
-        raise UserError(f"{path} is empty")
+        raise UserError(f"{run.file('gradflow.jsonl')} is empty")
     return model, rows
 
 

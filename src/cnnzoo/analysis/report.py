@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.errors import UserError
-from cnnzoo.train.rundir import write_text_atomic
+from cnnzoo.train.rundir import RunDir, write_text_atomic
 
 CONFIG_KEYS = (
     "model",
@@ -69,7 +69,7 @@ class Block:
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "metrics.jsonl").is_file()
+    return RunDir(path).is_run()
 
 
 def _kv_table(d: dict[str, Any], keys: tuple[str, ...]) -> list[list[str]]:
@@ -86,11 +86,9 @@ def _kv_table(d: dict[str, Any], keys: tuple[str, ...]) -> list[list[str]]:
 def run_blocks(run: Path, assets: Path, level: str = "h2") -> list[Block]:
     """Config, summary, curves, gradient flow and confusion matrix of one training run."""
     from cnnzoo.analysis.compare import Run, plot_curves
-    from cnnzoo.train.rundir import read_metrics
 
-    config = json.loads((run / "config.json").read_text())
-    summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    rundir = RunDir(run)
+    config, summary = rundir.config(), rundir.summary() or {}
     model = config.get("model", run.name)
     blocks = [Block(level, f"run {run.name}: {model}")]
     blocks.append(Block("table", rows=_kv_table(config, CONFIG_KEYS)))
@@ -98,13 +96,13 @@ def run_blocks(run: Path, assets: Path, level: str = "h2") -> list[Block]:
         blocks.append(Block("table", rows=_kv_table(summary, SUMMARY_KEYS)))
     else:
         blocks.append(Block("text", "no summary.json: the run has not finished"))
-    history = read_metrics(run)
+    history = rundir.metrics()
     stem = _slug(str(run))
     if history:
         r = Run(run, model, int(config.get("seed", 0)), config, history, summary)
         png = plot_curves({model: [r]}, assets / f"{stem}-curves.png", title=f"{model}")[0]
         blocks.append(Block("figure", f"{model}: training curves per epoch", path=png))
-    if (run / "gradflow.jsonl").is_file():
+    if rundir.gradflow() is not None:
         from cnnzoo.analysis.gradflow import describe, plot_run_epochs, read_run_gradflow
 
         gmodel, grows = read_run_gradflow(run)

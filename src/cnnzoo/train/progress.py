@@ -16,6 +16,8 @@ class Progress:
         self.tty = sys.stdout.isatty()
         self.bar = None
         self._t0 = self._drawn = 0.0
+        self._walls: list[float] = []  # wall seconds of the epochs of this invocation
+        self._remaining_after = ""  # " | run ends in ..." once an epoch has been timed
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -29,7 +31,7 @@ class Progress:
 
         self.bar = tqdm(
             total=steps,
-            desc=f"epoch {epoch}/{self.total_epochs}",
+            desc=f"epoch {epoch}/{self.total_epochs}{self._remaining_after}",
             leave=False,
             dynamic_ncols=True,
             file=sys.stdout,
@@ -59,12 +61,26 @@ class Progress:
             if row.get("val_acc") is not None
             else ""
         )
+        self._walls.append(time.perf_counter() - self._t0)
+        self._remaining_after = run_eta(self._walls, self.total_epochs - row["epoch"])
         self.log(
             f"epoch {row['epoch']}/{self.total_epochs} lr {row['lr']:.4g} "
             f"train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f}{val} "
-            f"{row['seconds']:.1f}s {row['img_per_s']:.0f} img/s"
+            f"{row['seconds']:.1f}s {row['img_per_s']:.0f} img/s{self._remaining_after}"
         )
 
     @property
     def wants_batches(self) -> bool:
         return self.bar is not None
+
+
+def run_eta(walls: list[float], epochs_left: int, now: float | None = None) -> str:
+    """`` | run ends in 1h05m (~14:32)``: the epochs left at the mean wall time of the epochs
+    timed so far (training, evaluation and saving); empty when nothing is left."""
+    if not walls or epochs_left <= 0:
+        return ""
+    left = sum(walls) / len(walls) * epochs_left
+    hours, minutes = divmod(round(left / 60), 60)
+    span = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m" if minutes else f"{left:.0f}s"
+    clock = time.strftime("%H:%M", time.localtime((now or time.time()) + left))
+    return f" | run ends in {span} (~{clock})"

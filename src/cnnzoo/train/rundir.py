@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,47 @@ def prepare_out_dir(out: Path, dist: DistInfo, resuming: bool) -> Path:
             stale.unlink(missing_ok=True)
     barrier(dist)
     return out
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory, read: what it holds and whether it finished. Every command that reads
+    runs (compare, report, gradflow) goes through it."""
+
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def is_run(self) -> bool:
+        """A training run's folder (its configuration and at least its metrics file)."""
+        return self.file("config.json").is_file() and self.file("metrics.jsonl").is_file()
+
+    def is_finished(self) -> bool:
+        return self.file("summary.json").is_file() and self.file("config.json").is_file()
+
+    def has_checkpoint(self) -> bool:
+        return self.file("last.pt").is_file()
+
+    def config(self) -> dict[str, Any]:
+        return read_config(self.path)
+
+    def summary(self) -> dict[str, Any] | None:
+        """summary.json, or None while the run has not finished."""
+        path = self.file("summary.json")
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {path}: {err}") from None
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def gradflow(self) -> list[dict[str, Any]] | None:
+        """The gradflow.jsonl rows, or None when the run did not record them."""
+        path = self.file(GRADFLOW_FILE)
+        if not path.is_file():
+            return None
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnnzoo.data.mix import Mix, mix_batch, mix_rng
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -105,6 +107,7 @@ class TensorLoader:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         channels_last: bool = True,
+        mix: Mix | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
@@ -115,6 +118,7 @@ class TensorLoader:
         self.train, self.augment, self.seed = train, augment, seed
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last
+        self.mix = mix if mix is not None and mix.enabled and train else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -148,6 +152,7 @@ class TensorLoader:
             params = [p[pos] if p is not None else None for p in self._draw_aug(aug)]
             if aug.alternate_flip:
                 params[2] = self._alternating_flips()[idx]
+        mix_draws = mix_rng(self.seed, self.epoch, self.rank)  # fixed per (seed, epoch, rank)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             bi = idx[sl].to(self.device)
@@ -155,7 +160,10 @@ class TensorLoader:
             if aug:
                 dx, dy, fl, cut = (p[sl].to(self.device) if p is not None else None for p in params)
                 xb = augment_batch(xb, dx, dy, fl, cut, aug)
-            yield normalize(xb, self.mean, self.std, self.channels_last), self.y[bi]
+            xb, yb = normalize(xb, self.mean, self.std, self.channels_last), self.y[bi]
+            if self.mix is not None:
+                xb, yb = mix_batch(xb, yb, self.mix, mix_draws)
+            yield xb, yb
 
     def _alternating_flips(self) -> Tensor:
         """Per training image (not per position): a fixed random orientation, inverted in odd

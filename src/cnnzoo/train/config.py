@@ -50,6 +50,8 @@ class TrainConfig:
     alternate_flip: bool = opt(
         False, "data", "flip each image in every other epoch (random in the first), not at random"
     )
+    mixup: float = opt(0.0, "data", "mixup with λ ~ Beta(A, A) per batch (0: off)", metavar="A")
+    cutmix: float = opt(0.0, "data", "cutmix with λ ~ Beta(A, A) per batch (0: off)", metavar="A")
     # ---- optimisation
     epochs: int = opt(20, "optimisation", "training epochs")
     batch_size: int = opt(128, "optimisation", "global batch size (split over torchrun ranks)")
@@ -152,6 +154,7 @@ class TrainConfig:
         need(not (self.lookahead and self.ema), "--lookahead and --ema are two weight averages")
         need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         need(self.cutout >= 0, "--cutout must be >= 0")
+        need(self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix must be >= 0")
         need(self.crop_pad >= 0, f"--crop-pad must be >= 0, got {self.crop_pad}")
         need(
             0 <= self.tta_shift <= MAX_TTA_SHIFT,

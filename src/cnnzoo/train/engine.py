@@ -76,11 +76,12 @@ def train_epoch(
         if after_step is not None:
             after_step()
         with torch.no_grad():
-            n = y.numel()
+            n = y.shape[0]
+            labels = y.argmax(1) if y.ndim == 2 else y  # mixed targets: the dominant class
             totals += torch.stack(
                 [
                     loss.detach().double() * n,
-                    (logits.argmax(1) == y).sum().double(),
+                    (logits.argmax(1) == labels).sum().double(),
                     torch.tensor(float(n), device=device, dtype=torch.float64),
                 ]
             )

@@ -15,6 +15,7 @@ from torch import nn
 from cnnzoo.data import Augment, TensorLoader, stratified_split
 from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.loader import normalize
+from cnnzoo.data.mix import Mix
 from cnnzoo.errors import UserError
 from cnnzoo.models import create_model, model_info
 from cnnzoo.train import checkpoint as ckpt_io
@@ -131,9 +132,10 @@ def build_loaders(cfg: TrainConfig, data: Dataset, rt: Runtime) -> Loaders:
     )
     train_x, train_y = data.train_x[train_idx], data.train_y[train_idx]
     per_rank = cfg.batch_size // rt.dist.world_size
+    mix = Mix(cfg.mixup, cfg.cutmix, data.num_classes)
     train = TensorLoader(
         train_x, train_y, per_rank, train=True, augment=aug if cfg.augment else None,
-        seed=cfg.seed, **common,
+        seed=cfg.seed, mix=mix, **common,
     )  # fmt: skip
     val_x, val_y = data.train_x[val_idx], data.train_y[val_idx]
     val = TensorLoader(val_x, val_y, cfg.eval_batch_size, **common) if n_val else None

@@ -312,6 +312,7 @@ def test_explicit_precision_wins_and_auto_is_recorded(tmp_path) -> None:
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["precision"] in ("bf16", "fp32") and cfg["precision_reason"].startswith("auto: ")
     assert set(cfg["precision_measured"]) == {"bf16_tflops", "fp32_tflops"}
+    assert cfg["data_source"].startswith("synthetic:")  # generated data is labelled as such
 
 
 def test_eval_follows_the_runs_tta_unless_told(tmp_path: Path, capsys) -> None:

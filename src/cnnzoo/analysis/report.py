@@ -31,6 +31,7 @@ CONFIG_KEYS = (
     "model",
     "model_kwargs",
     "dataset",
+    "data_source",
     "epochs",
     "batch_size",
     "lr",

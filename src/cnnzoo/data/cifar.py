@@ -147,7 +147,7 @@ def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
         try:
             with np.load(cached, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            return _to_dataset(name, spec, arrays)
+            return _to_dataset(name, spec, arrays, source)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache: decode again
     arrays = _decode(spec, source, quiet)
@@ -161,7 +161,7 @@ def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
             print(
                 f"warning: could not cache decoded data in {cached.parent}: {err}", file=sys.stderr
             )
-    return _to_dataset(name, spec, arrays)
+    return _to_dataset(name, spec, arrays, source)
 
 
 def _decode(spec: Spec, source: Path, quiet: bool) -> dict[str, np.ndarray]:
@@ -218,7 +218,7 @@ def _validate(spec: Spec, a: dict[str, np.ndarray], source: Path) -> None:
         raise UserError(f"{source}: expected {spec.num_classes} class names")
 
 
-def _to_dataset(name: str, spec: Spec, a: dict[str, np.ndarray]) -> Dataset:
+def _to_dataset(name: str, spec: Spec, a: dict[str, np.ndarray], source: Path) -> Dataset:
     return Dataset(
         name=name,
         train_x=torch.from_numpy(a["train_x"]),
@@ -228,4 +228,5 @@ def _to_dataset(name: str, spec: Spec, a: dict[str, np.ndarray]) -> Dataset:
         classes=[str(c) for c in a["classes"]],
         mean=spec.mean,
         std=spec.std,
+        source=str(source),
     )

@@ -19,6 +19,7 @@ class Dataset:
     classes: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    source: str = ""  # where it came from: the archive or folder, or "synthetic:N" (generated)
 
     @property
     def num_classes(self) -> int:

@@ -45,4 +45,5 @@ def make_synthetic(
         classes=[f"class{i}" for i in range(num_classes)],
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
+        source=f"synthetic:{n_train} (generated, seed {seed})",
     )

@@ -149,6 +149,7 @@ class _Run:
             "precision_measured": rt.choice.measured,
             "val": n_val,
             "num_classes": self.data.num_classes,
+            "data_source": self.data.source,  # generated data says so: dataset names the option
             "world_size": self.dist.world_size,
             "train_images": n_train,
             "steps_per_epoch": self.steps_per_epoch,

@@ -374,7 +374,7 @@ def test_progress_bar_reads_the_running_stats_only_when_it_redraws(capsys) -> No
 
 
 def test_tensorboard_writer_is_closed_however_the_run_ends(tmp_path: Path, monkeypatch) -> None:
-    from cnnzoo.train import trainer
+    from cnnzoo.train import callbacks
 
     closed: list[str] = []
 
@@ -385,7 +385,7 @@ def test_tensorboard_writer_is_closed_however_the_run_ends(tmp_path: Path, monke
         def close(self) -> None:
             closed.append("closed")
 
-    monkeypatch.setattr(trainer, "_tensorboard", lambda *args: Writer())
+    monkeypatch.setattr(callbacks, "_tensorboard", lambda *args: Writer())
     train(TrainConfig(**SMALL, epochs=2, stop_after=1, tensorboard=True, out=str(tmp_path / "a")))
     assert closed == ["closed"]  # stopped early
     with pytest.raises(TrainingDiverged):

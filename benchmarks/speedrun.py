@@ -107,6 +107,7 @@ def measured_conv_tflops(precision: str, seconds: float = 6.0) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5, help="runs, with seeds 0..N-1")
+    p.add_argument("--first-seed", type=int, default=0, help="start at this seed (default 0)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 archive ('synthetic' ok)")
     p.add_argument("--model", default="fastnet_small")
     p.add_argument("--recipe", default="fast-cpu")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         model_b, _, recipe_b = args.versus.partition(":")
         configs[(model_b, recipe_b or args.recipe)] = {}
     rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for (model, recipe), kwargs in configs.items():
             out = root / f"{model}-{recipe}-seed{seed}"
             rows[(model, recipe)].append(

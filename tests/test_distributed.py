@@ -204,46 +204,37 @@ def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
     assert not (tmp_path / "R" / "last.pt").exists()
 
 
-def test_a_rank_that_dies_ends_the_job(tmp_path):
+def _faulty_run(tmp_path, fault: str, dist_timeout: int) -> subprocess.CompletedProcess:
+    """A 1-epoch run under torchrun whose rank 1 has ``fault`` (tests/dist_worker.py); the job
+    must fail, and leave no summary."""
     proc = _torchrun(
         [str(WORKER), "train", "resnet20", *SMALL, "--epochs", "1", "--out", "R"],
         tmp_path,
         timeout=90,
-        CNNZOO_TEST_FAULT="die",
-        CNNZOO_DIST_TIMEOUT="10",
+        CNNZOO_TEST_FAULT=fault,
+        CNNZOO_DIST_TIMEOUT=str(dist_timeout),
     )
     assert proc.returncode != 0
-    assert "exitcode  : 3" in proc.stderr  # torchrun names the rank that failed
     assert not (tmp_path / "R" / "summary.json").exists()
+    return proc
+
+
+def test_a_rank_that_dies_ends_the_job(tmp_path):
+    proc = _faulty_run(tmp_path, "die", dist_timeout=10)
+    assert "exitcode  : 3" in proc.stderr  # torchrun names the rank that failed
 
 
 @pytest.mark.slow
 def test_a_rank_that_diverges_stops_every_rank_together(tmp_path):
-    proc = _torchrun(
-        [str(WORKER), "train", "resnet20", *SMALL, "--epochs", "1", "--out", "R"],
-        tmp_path,
-        timeout=90,
-        CNNZOO_TEST_FAULT="diverge",
-        CNNZOO_DIST_TIMEOUT="60",
-    )
-    assert proc.returncode != 0
+    proc = _faulty_run(tmp_path, "diverge", dist_timeout=60)
     # both ranks saw the summed loss and stopped with the same line, none killed in a wait
     assert proc.stderr.count("error: training diverged") == 2, proc.stderr[-3000:]
-    assert not (tmp_path / "R" / "summary.json").exists()
 
 
 @pytest.mark.slow
 def test_a_rank_that_hangs_times_out_with_a_clear_message(tmp_path):
-    proc = _torchrun(
-        [str(WORKER), "train", "resnet20", *SMALL, "--epochs", "1", "--out", "R"],
-        tmp_path,
-        timeout=90,
-        CNNZOO_TEST_FAULT="hang",
-        CNNZOO_DIST_TIMEOUT="5",
-    )
-    assert proc.returncode != 0
+    proc = _faulty_run(tmp_path, "hang", dist_timeout=5)
     assert "lost contact with another rank" in proc.stderr
-    assert not (tmp_path / "R" / "summary.json").exists()
 
 
 @pytest.mark.slow

@@ -134,3 +134,20 @@ def test_measurement_uses_local_batch_norm_for_a_sync_bn_model() -> None:
     assert torch.equal(local.train()(x), model.train()(x))  # one process: the same numbers
     _, norms = gf.conv_grad_norms(model, x, torch.randint(0, 10, (4,)))
     assert len(norms) == 19 and all(math.isfinite(n) and n > 0 for n in norms)
+
+
+def test_the_measurement_forks_the_random_stream_of_the_batch_device() -> None:
+    """Dropout in the measured copy must not advance a CUDA generator either (only the CPU's was
+    forked before). The CUDA path itself needs a GPU; here the choice of streams is checked."""
+    from types import SimpleNamespace
+
+    from cnnzoo.models.gradnorms import rng_devices
+
+    cuda = torch.device("cuda", 1)
+    assert rng_devices(SimpleNamespace(device=cuda)) == [cuda]
+    assert rng_devices(torch.zeros(1)) == []  # the CPU generator is always forked
+    model = create_model("vgg11").train()  # dropout: the CPU stream stays where it was
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    before = torch.get_rng_state()
+    gf.conv_grad_norms(model, x, y)
+    assert torch.equal(torch.get_rng_state(), before)

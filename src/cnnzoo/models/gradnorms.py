@@ -53,6 +53,13 @@ def _local_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
+def rng_devices(x: Tensor) -> list[torch.device]:
+    """The accelerators whose random streams the measurement must fork besides the CPU's:
+    dropout in the measured copy draws on the device of ``x``, so that a run with
+    --record-gradflow keeps the same random streams as one without (CPU and CUDA alike)."""
+    return [x.device] if x.device.type == "cuda" else []
+
+
 def conv_grad_norms(
     model: nn.Module,
     x: Tensor,
@@ -63,10 +70,7 @@ def conv_grad_norms(
     """(layer names, L2 norms of d loss / d weight) for every conv, input side first."""
     work = _local_batch_norm(copy.deepcopy(model)).train()
     criterion = criterion or nn.CrossEntropyLoss()
-    # dropout in the copy draws random numbers: on the device of x too, so that a run with
-    # --record-gradflow keeps the same random streams as one without (CPU and CUDA alike)
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=rng_devices(x)):
         order = conv_layers_in_order(work, x)
         # the ordering pass above updated BN statistics of the copy only; restore them anyway
         work.load_state_dict(model.state_dict())

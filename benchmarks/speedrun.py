@@ -18,8 +18,9 @@ backward pass is counted as 2 forwards). It is compared with three peaks:
 - theoretical bf16 and fp32: cores × base GHz × FLOP/cycle/core of the best unit /proc/cpuinfo
   lists (bf16: 1024 for AMX-BF16, 128 for AVX512-BF16 — an upper bound: on a VM without AMX a
   bf16 conv ran at half the fp32 rate; fp32: 64 for AVX-512, 32 for AVX2;
-  base GHz = bogomips / 2; turbo clocks excepted). On a CPU without AMX, ``--precision auto``
-  trains in fp32 (bf16 convolutions measured slower there), so the fp32 share is the one to read.
+  base GHz = bogomips / 2; turbo clocks excepted, so a CPU that boosts well can exceed them: the
+  Zen 5 VM's measured bf16 conv ceiling, 0.92 TFLOP/s, is above its "peak" of 0.66).
+  ``--precision auto`` trains in whichever of bf16 and fp32 measured faster on this CPU.
 
     python benchmarks/speedrun.py --seeds 1
     python benchmarks/speedrun.py --seeds 1 --model fastnet --recipe fast

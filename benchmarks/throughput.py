@@ -3,8 +3,8 @@
 (a) reference: fp32, NCHW, per-sample PIL random crop (4 px zero padding) + flip + ToTensor +
     Normalize in a torch DataLoader with 2 workers, as the notebook does with torchvision;
 (b) cnnzoo: the trainer's own step (``cnnzoo.train.engine.train_epoch``) with its defaults:
-    bf16 autocast where it measures faster than fp32 (``--precision auto``), channels_last, uint8 data in
-    memory with batched tensor augmentation in the main process.
+    bf16 autocast where it measures faster than fp32 (``--precision auto``), channels_last,
+    uint8 data in memory with batched tensor augmentation in the main process.
 
 Both train on real CIFAR-10 batches (``--data``), or synthetic ones with ``--data synthetic``.
 img/s counts training images per second over the timed steps (data loading included);

@@ -79,9 +79,10 @@ def train_runs(
     for seed in seeds:
         for model in models:
             run_dir = out / "runs" / f"{model}-s{seed}"
-            if RunDir(run_dir).is_finished():
+            found = RunDir(run_dir)
+            if found.is_finished():
                 log(f"reusing finished run {run_dir}")
-            elif RunDir(run_dir).has_checkpoint():
+            elif found.has_checkpoint():
                 log(f"resuming {run_dir}")
                 train(make_config(model, seed, run_dir), resume=run_dir)
             else:

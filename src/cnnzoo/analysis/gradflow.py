@@ -19,7 +19,7 @@ from cnnzoo.models.gradnorms import (  # noqa: F401  (the measurement; re-export
     conv_grad_norms,
     conv_layers_in_order,
 )
-from cnnzoo.train.rundir import RunDir
+from cnnzoo.train.rundir import GRADFLOW_FILE, RunDir
 
 
 def summarize(norms: list[float]) -> dict[str, float]:
@@ -96,7 +96,7 @@ def read_run_gradflow(run_dir: str | Path) -> tuple[str, list[dict[str, object]]
         model = run.path.name
     rows = [{**row, **summarize(row["norms"])} for row in recorded]
     if not rows:
-        raise UserError(f"{run.file('gradflow.jsonl')} is empty")
+        raise UserError(f"{run.file(GRADFLOW_FILE)} is empty")
     return model, rows
 
 

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnzoo.commands.train import seeded_config_factory
     from cnnzoo.errors import UserError
     from cnnzoo.models import model_info
+    from cnnzoo.train.runtime import is_main_process
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     seeds = list(range(args.seed, args.seed + args.seeds))
     trained = train_runs(args.models, seeds, out, make_config, log) if args.models else []
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 alone writes the figures
+    if not is_main_process():  # under torchrun: rank 0 alone writes the figures
         return 0
     result = write_comparison(out, trained + reused)
     print((out / "summary.md").read_text())

@@ -9,7 +9,6 @@ stopped and continued. Preset values apply unless the flag is given explicitly.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -60,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnzoo.errors import UserError
     from cnnzoo.models import model_info
     from cnnzoo.train.recipes import resolve_presets
+    from cnnzoo.train.runtime import is_main_process
 
     if not args.depths or any(d < 1 for d in args.depths):
         raise UserError("--depths must be positive integers")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr)
 
     runs = dg.run_study(depths, out, args.seed, make_config, log)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 alone writes the study
+    if not is_main_process():  # under torchrun: rank 0 alone writes the study
         return 0
     meta = {
         "budget": args.budget,

@@ -89,7 +89,7 @@ def evaluate_checkpoint(
     conf = res.confusion
     per_class = (conf.diag().double() / conf.sum(1).clamp(min=1).double()).tolist()
     return {
-        "checkpoint": "pretrained" if isinstance(checkpoint, dict) else str(checkpoint),
+        "checkpoint": None if isinstance(checkpoint, dict) else str(checkpoint),  # caller names it
         "model": ckpt["model_name"],
         "dataset": ds.name,
         "accuracy": res.acc,

@@ -152,7 +152,8 @@ class TensorLoader:
             params = [p[pos] if p is not None else None for p in self._draw_aug(aug)]
             if aug.alternate_flip:
                 params[2] = self._alternating_flips()[idx]
-        mix_draws = mix_rng(self.seed, self.epoch, self.rank)  # fixed per (seed, epoch, rank)
+        # one generator per (seed, epoch, rank): a seed fixes every batch's mixing
+        mix_draws = mix_rng(self.seed, self.epoch, self.rank) if self.mix else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             bi = idx[sl].to(self.device)

@@ -13,8 +13,8 @@ from typing import Any
 
 from cnnzoo.errors import UserError
 from cnnzoo.inference.predict import checkpoint_normalization
-from cnnzoo.models import create_model
-from cnnzoo.models.weights import save_weights
+from cnnzoo.models import model_info
+from cnnzoo.models.weights import resolve_weights, save_weights
 from cnnzoo.train.checkpoint import load_checkpoint
 
 
@@ -68,8 +68,8 @@ def export_safetensors(
 
 def pretrained_checkpoint(name: str, weights: str = "cifar10") -> dict[str, Any]:
     """Shipped (or file) weights in the shape of a training checkpoint, for eval and predict."""
-    model = create_model(name, weights=weights)
-    meta = model.pretrained_cfg
+    model_info(name)  # an unknown name is named as such, not as missing weights
+    state, meta = resolve_weights(name, weights)
     return {
         "model_name": name,
         "model_kwargs": meta.get("model_kwargs", {}),
@@ -77,7 +77,7 @@ def pretrained_checkpoint(name: str, weights: str = "cifar10") -> dict[str, Any]
         "classes": meta.get("classes"),
         "mean": meta.get("mean"),
         "std": meta.get("std"),
-        "model": model.state_dict(),
+        "model": state,
         "config": {"dataset": meta.get("dataset", "cifar10")},
         "pretrained": meta,
     }

@@ -104,8 +104,7 @@ def _check_finite(totals: Tensor, step: int) -> None:
     """Raise ``TrainingDiverged`` when the epoch's mean loss so far is NaN, infinite or above
     ``MAX_LOSS``. ``totals`` (loss sum, correct, count) are summed over the ranks, so that every
     rank sees the same figure and all of them stop together, none left waiting in a collective."""
-    loss_sum, _, count = totals.tolist()
-    mean_loss = loss_sum / max(count, 1)
+    mean_loss = _running_means(totals)[0]
     if not torch.isfinite(torch.tensor(mean_loss)) or mean_loss > MAX_LOSS:
         where = f" at step {step + 1} of this epoch" if step >= 0 else ""
         raise TrainingDiverged(

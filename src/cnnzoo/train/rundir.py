@@ -75,11 +75,6 @@ def has_run_files(out: Path) -> bool:
     return any(p not in stale for p in out.iterdir())
 
 
-def killed_before_first_checkpoint(run: Path) -> bool:
-    """A run directory with its config.json but no last.pt yet (stopped during epoch 1)."""
-    return not (run / "last.pt").exists() and (run / "config.json").is_file()
-
-
 def read_config(run: Path) -> dict[str, Any]:
     """A run's config.json as a dict; ``UserError`` when it is missing or not one."""
     path = Path(run) / "config.json"
@@ -141,6 +136,10 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.file("last.pt").is_file()
+
+    def killed_before_first_checkpoint(self) -> bool:
+        """Its config.json but no last.pt yet: stopped during epoch 1."""
+        return not self.file("last.pt").exists() and self.file("config.json").is_file()
 
     def config(self) -> dict[str, Any]:
         return read_config(self.path)

@@ -84,6 +84,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (from its environment), or a process not started by torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0

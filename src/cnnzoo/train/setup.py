@@ -22,7 +22,7 @@ from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.ema import EMA
 from cnnzoo.train.lookahead import Lookahead
-from cnnzoo.train.rundir import killed_before_first_checkpoint, read_config
+from cnnzoo.train.rundir import RunDir
 from cnnzoo.train.runtime import (
     DistInfo,
     PrecisionChoice,
@@ -40,8 +40,8 @@ def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dic
     checkpoint starts over with its own config.json."""
     cfg, state = dataclasses.replace(cfg), None
     if resume is not None:
-        if killed_before_first_checkpoint(resume):
-            saved = TrainConfig.from_dict(read_config(resume))
+        if RunDir(resume).killed_before_first_checkpoint():
+            saved = TrainConfig.from_dict(RunDir(resume).config())
         else:
             state = ckpt_io.load_checkpoint(resume / "last.pt")
             saved = TrainConfig.from_dict(state["config"])

@@ -26,3 +26,21 @@ def test_throughput_precisions_prints_auto_against_both(capsys: pytest.CaptureFi
     bf16, fp32, auto, ratio = row.split()[1:]
     assert float(bf16) > 0 and float(fp32) > 0 and float(auto) > 0
     assert ratio.endswith("x") and float(ratio[:-1]) > 0
+
+
+def test_profile_step_splits_a_step_into_categories(capsys: pytest.CaptureFixture) -> None:
+    mod = _load("profile_step")
+    assert mod.category("aten::convolution_backward") == "conv backward"
+    assert mod.category("aten::mkldnn_convolution") == "conv forward"
+    assert mod.category("aten::native_batch_norm") == "batch norm"
+    assert mod.category("aten::add_") is None
+    argv = ["--data", "synthetic:256", "--batch-size", "64", "--steps", "2", "--warmup", "1"]
+    assert mod.main([*argv, "--eval-images", "128", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    shares = [
+        float(line.split("%")[0].split()[-1])
+        for line in out.splitlines()
+        if line.startswith("  ") and not line.startswith("    ") and "%" in line
+    ]
+    assert abs(sum(shares) - 100) < 1.0, out  # every op's time lands in exactly one category
+    assert "conv backward" in out and "data path" in out and "evaluation" in out

@@ -17,6 +17,7 @@ from cnnzoo.errors import TrainingDiverged, UserError
 
 COMMANDS = (
     "models",
+    "summary",
     "train",
     "eval",
     "predict",

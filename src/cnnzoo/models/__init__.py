@@ -8,14 +8,17 @@ from cnnzoo.models.registry import (
     model_info,
     register_model,
 )
-from cnnzoo.models.summary import count_flops, count_params
+from cnnzoo.models.summary import LayerRow, ModelSummary, count_flops, count_params, summarize
 
 __all__ = [
+    "LayerRow",
     "ModelInfo",
+    "ModelSummary",
     "count_flops",
     "count_params",
     "create_model",
     "list_models",
     "model_info",
     "register_model",
+    "summarize",
 ]

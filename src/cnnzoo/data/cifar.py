@@ -8,18 +8,18 @@ the official one is used with a warning (the project's JPEG-rebuilt copy is such
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from cnnzoo.atomic import atomic_open
 from cnnzoo.data.archive import download, md5sum, read_tar_members
+from cnnzoo.data.cache import load_or_build
 from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES, make_synthetic
 from cnnzoo.errors import UserError
@@ -80,11 +80,6 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "cnnzoo"
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("CNNZOO_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "cnnzoo" / "decoded"
-
-
 def is_synthetic(data: str | os.PathLike | None) -> bool:
     return data is not None and (str(data) == "synthetic" or str(data).startswith("synthetic:"))
 
@@ -141,27 +136,16 @@ def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
 
 def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
     st = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    cached = cache_dir() / f"{name}-{key[:16]}.npz"
-    if cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            return _to_dataset(name, spec, arrays, source)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache: decode again
-    arrays = _decode(spec, source, quiet)
-    _validate(spec, arrays, source)
-    try:  # the cache is an optimisation: failing to write it is not an error
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(cached, "wb") as f:
-            np.savez(f, **arrays)
-    except OSError as err:
-        if not quiet:
-            print(
-                f"warning: could not cache decoded data in {cached.parent}: {err}", file=sys.stderr
-            )
-    return _to_dataset(name, spec, arrays, source)
+    key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        arrays = _decode(spec, source, quiet)
+        _validate(spec, arrays, source)
+        classes = [str(c) for c in arrays.pop("classes")]
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}, {"classes": classes}
+
+    arrays, meta = load_or_build(name, key, build, quiet)
+    return _to_dataset(name, spec, arrays, meta["classes"], source)
 
 
 def _decode(spec: Spec, source: Path, quiet: bool) -> dict[str, np.ndarray]:
@@ -218,14 +202,16 @@ def _validate(spec: Spec, a: dict[str, np.ndarray], source: Path) -> None:
         raise UserError(f"{source}: expected {spec.num_classes} class names")
 
 
-def _to_dataset(name: str, spec: Spec, a: dict[str, np.ndarray], source: Path) -> Dataset:
+def _to_dataset(
+    name: str, spec: Spec, a: dict[str, torch.Tensor], classes: list[str], source: Path
+) -> Dataset:
     return Dataset(
         name=name,
-        train_x=torch.from_numpy(a["train_x"]),
-        train_y=torch.from_numpy(a["train_y"]),
-        test_x=torch.from_numpy(a["test_x"]),
-        test_y=torch.from_numpy(a["test_y"]),
-        classes=[str(c) for c in a["classes"]],
+        train_x=a["train_x"],
+        train_y=a["train_y"],
+        test_x=a["test_x"],
+        test_y=a["test_y"],
+        classes=list(classes),
         mean=spec.mean,
         std=spec.std,
         source=str(source),

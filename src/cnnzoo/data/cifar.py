@@ -4,6 +4,7 @@ Where the data comes from, in order: ``--data PATH`` (an archive, the extracted 
 folder holding either), else ``$CNNZOO_DATA``, else ``~/.cache/cnnzoo``. When nothing is there,
 the official archive is downloaded (progress bar, md5 checked). A copy whose md5 differs from
 the official one is used with a warning (the project's JPEG-rebuilt copy is such a copy).
+``--data PATH`` may also name a folder of your own images (``cnnzoo.data.folder``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from cnnzoo.data.archive import download, md5sum, read_tar_members
 from cnnzoo.data.cache import load_or_build
 from cnnzoo.data.dataset import Dataset
+from cnnzoo.data.folder import is_image_folder, layout_hint, load_image_folder
+from cnnzoo.data.images import SIZE
 from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES, make_synthetic
 from cnnzoo.errors import UserError
 
@@ -98,10 +101,22 @@ def synthetic_size(data: str | os.PathLike | None) -> int | None:
 
 
 def load_dataset(
-    name: str = "cifar10", data: str | os.PathLike | None = None, quiet: bool = False
+    name: str = "cifar10",
+    data: str | os.PathLike | None = None,
+    quiet: bool = False,
+    image_size: int = SIZE,
 ) -> Dataset:
     """Load ``name`` ('cifar10', 'cifar100') from ``data``; ``data='synthetic'`` (or
-    ``'synthetic:N'`` for N training images) for generated test data."""
+    ``'synthetic:N'`` for N training images) for generated test data. ``data`` may also be an
+    image folder (``data/train/<class>/*.png``, see ``cnnzoo.data.folder``), whatever ``name``
+    says; its images are resized to ``image_size`` (CIFAR's and the generated data's are 32)."""
+    if data is not None and not is_synthetic(data) and is_image_folder(data):
+        return load_image_folder(Path(data), image_size, quiet)
+    if image_size != SIZE:
+        raise UserError(
+            f"--image-size {image_size} applies to image folders (--data PATH holding "
+            f"PATH/train/<class>/); CIFAR and the generated data are {SIZE}x{SIZE}"
+        )
     if is_synthetic(data) or name == "synthetic":
         return make_synthetic(n_train=synthetic_size(data) or DEFAULT_TRAIN_IMAGES)
     if name not in DATASETS:
@@ -123,6 +138,9 @@ def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
             return c
     if explicit and not root.exists() and root.suffix in (".gz", ".tar", ".tgz"):
         raise UserError(f"no such file: {root}")
+    hint = layout_hint(root) if explicit and root.is_dir() else None
+    if hint:  # meant as an image folder: say how, rather than download CIFAR into it
+        raise UserError(hint)
     if os.environ.get("CNNZOO_OFFLINE"):
         raise UserError(
             f"{spec.archive} not found in {root} and CNNZOO_OFFLINE is set; "

@@ -101,11 +101,11 @@ def load_image_folder(root: Path, size: int, quiet: bool = False) -> Dataset:
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population std of uint8 NHWC images, in [0, 1] units. From a
-    256-bin histogram per channel: exact, and no float copy of the images."""
+    256-bin histogram per channel: exact, and no wider copy of the images."""
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
     for c in range(x.shape[-1]):
-        counts = torch.bincount(x[..., c].reshape(-1).long(), minlength=256).double()
+        counts = torch.bincount(x[..., c].reshape(-1), minlength=256).double()  # uint8 in
         m = float((counts * levels).sum() / counts.sum())
         var = float((counts * (levels - m) ** 2).sum() / counts.sum())
         means.append(m)

@@ -115,6 +115,30 @@ def make_checkpoint(path: Path, model: str = "resnet20", seed: int = 0) -> Path:
     return path
 
 
+def fake_cifar10(path: Path, n_train: int = 50000, n_test: int = 10000) -> Path:
+    """An archive in the official layout whose pixels encode (label, channel) so that decoding
+    can be checked: R = label, G = 100 + label, B = 200 + label."""
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> bytes:
+        labels = rng.integers(0, 10, n)
+        planes = np.stack([labels, 100 + labels, 200 + labels], 1).astype(np.uint8)  # (n, 3)
+        data = np.repeat(planes, 1024, axis=1)  # rows R(1024) G(1024) B(1024)
+        return pickle.dumps({"data": data, "labels": labels.tolist(), "batch_label": "x"}, 2)
+
+    files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)}
+    files["test_batch"] = batch(n_test)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]  # fmt: skip
+    files["batches.meta"] = pickle.dumps({"label_names": names}, 2)
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
 def _batch(n: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     d = {

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import pickle
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,35 +12,12 @@ from cnnzoo.data import Augment, TensorLoader, load_dataset, normalize, stratifi
 from cnnzoo.data.loader import augment_batch
 from cnnzoo.errors import UserError
 from conftest import REAL_CIFAR10
-
-
-def _fake_cifar10(path: Path, n_train: int = 50000, n_test: int = 10000) -> Path:
-    """An archive in the official layout whose pixels encode (label, channel) so that decoding
-    can be checked: R = label, G = 100 + label, B = 200 + label."""
-    rng = np.random.default_rng(0)
-
-    def batch(n: int) -> bytes:
-        labels = rng.integers(0, 10, n)
-        planes = np.stack([labels, 100 + labels, 200 + labels], 1).astype(np.uint8)  # (n, 3)
-        data = np.repeat(planes, 1024, axis=1)  # rows R(1024) G(1024) B(1024)
-        return pickle.dumps({"data": data, "labels": labels.tolist(), "batch_label": "x"}, 2)
-
-    files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)}
-    files["test_batch"] = batch(n_test)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]  # fmt: skip
-    files["batches.meta"] = pickle.dumps({"label_names": names}, 2)
-    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-        for name, blob in files.items():
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
+from helpers import fake_cifar10
 
 
 @pytest.fixture(scope="module")
 def fake_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _fake_cifar10(tmp_path_factory.mktemp("fake") / "cifar-10-python.tar.gz")
+    return fake_cifar10(tmp_path_factory.mktemp("fake") / "cifar-10-python.tar.gz")
 
 
 def test_reads_official_layout(fake_archive: Path, capsys: pytest.CaptureFixture) -> None:
@@ -61,7 +35,7 @@ def test_reads_official_layout(fake_archive: Path, capsys: pytest.CaptureFixture
 def test_decoded_cache_is_reused(fake_archive: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
     load_dataset("cifar10", fake_archive, quiet=True)
-    cached = list(tmp_path.glob("cifar10-*.npz"))
+    cached = list(tmp_path.glob("cifar10-*.safetensors"))
     assert len(cached) == 1
     import cnnzoo.data.cifar as cifar
 
@@ -79,7 +53,7 @@ def test_reads_extracted_folder(fake_archive: Path, tmp_path: Path) -> None:
 
 
 def test_wrong_image_count_is_a_clear_error(tmp_path: Path) -> None:
-    small = _fake_cifar10(tmp_path / "cifar-10-python.tar.gz", n_train=50, n_test=10)
+    small = fake_cifar10(tmp_path / "cifar-10-python.tar.gz", n_train=50, n_test=10)
     with pytest.raises(UserError, match="50000"):
         load_dataset("cifar10", small, quiet=True)
 

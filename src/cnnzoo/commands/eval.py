@@ -68,7 +68,12 @@ def evaluate_checkpoint(
         raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {tta_shift}")
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
-    ds = load_dataset(cfg.get("dataset", "cifar10"), data if data else cfg.get("data"), quiet=True)
+    ds = load_dataset(
+        cfg.get("dataset", "cifar10"),
+        data if data else cfg.get("data"),
+        quiet=True,
+        image_size=int(cfg.get("image_size") or 32),  # an image folder's, as trained
+    )
     if ds.num_classes != ckpt["num_classes"]:
         raise UserError(
             f"the checkpoint has {ckpt['num_classes']} classes, the data {ds.num_classes}"

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     mean = ", ".join(f"{v:.4f}" for v in r.mean)
     std = ", ".join(f"{v:.4f}" for v in r.std)
     print(f"exported {r.model} to {r.path} (opset {r.opset}, dynamic batch)")
-    print(f"  input 'input' float32 (batch, 3, 32, 32): {inp}; mean ({mean}), std ({std})")
+    shape = f"(batch, 3, {r.image_size}, {r.image_size})"
+    print(f"  input 'input' float32 {shape}: {inp}; mean ({mean}), std ({std})")
     print(f"  output 'logits' (batch, {len(r.classes)})")
     real = (
         f"{r.real_diff:.3g} on {r.real_count} images ({r.real_note})"

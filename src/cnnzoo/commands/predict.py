@@ -13,8 +13,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="classify image files with a checkpoint",
         description="Classify image files (any size and mode Pillow reads). Each image is "
         "converted to RGB (transparency composited on white), its shorter side resized to 32 "
-        "pixels, centre-cropped to 32x32 and normalised as in training. A file that cannot be "
-        "read gets one error line; the others are still classified; the exit code is then 2.",
+        "pixels (or the run's --image-size), centre-cropped and normalised as in training. A "
+        "file that cannot be read gets one error line; the others are still classified; the "
+        "exit code is then 2.",
     )
     p.add_argument(
         "checkpoint",

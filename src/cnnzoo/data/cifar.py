@@ -4,23 +4,26 @@ Where the data comes from, in order: ``--data PATH`` (an archive, the extracted 
 folder holding either), else ``$CNNZOO_DATA``, else ``~/.cache/cnnzoo``. When nothing is there,
 the official archive is downloaded (progress bar, md5 checked). A copy whose md5 differs from
 the official one is used with a warning (the project's JPEG-rebuilt copy is such a copy).
+``--data PATH`` may also name a folder of your own images (``cnnzoo.data.folder``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from cnnzoo.atomic import atomic_open
 from cnnzoo.data.archive import download, md5sum, read_tar_members
+from cnnzoo.data.cache import load_or_build
 from cnnzoo.data.dataset import Dataset
+from cnnzoo.data.folder import is_image_folder, layout_hint, load_image_folder
+from cnnzoo.data.images import SIZE
 from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES, make_synthetic
 from cnnzoo.errors import UserError
 
@@ -80,11 +83,6 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "cnnzoo"
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("CNNZOO_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "cnnzoo" / "decoded"
-
-
 def is_synthetic(data: str | os.PathLike | None) -> bool:
     return data is not None and (str(data) == "synthetic" or str(data).startswith("synthetic:"))
 
@@ -103,10 +101,22 @@ def synthetic_size(data: str | os.PathLike | None) -> int | None:
 
 
 def load_dataset(
-    name: str = "cifar10", data: str | os.PathLike | None = None, quiet: bool = False
+    name: str = "cifar10",
+    data: str | os.PathLike | None = None,
+    quiet: bool = False,
+    image_size: int = SIZE,
 ) -> Dataset:
     """Load ``name`` ('cifar10', 'cifar100') from ``data``; ``data='synthetic'`` (or
-    ``'synthetic:N'`` for N training images) for generated test data."""
+    ``'synthetic:N'`` for N training images) for generated test data. ``data`` may also be an
+    image folder (``data/train/<class>/*.png``, see ``cnnzoo.data.folder``), whatever ``name``
+    says; its images are resized to ``image_size`` (CIFAR's and the generated data's are 32)."""
+    if data is not None and not is_synthetic(data) and is_image_folder(data):
+        return load_image_folder(Path(data), image_size, quiet)
+    if image_size != SIZE:
+        raise UserError(
+            f"--image-size {image_size} applies to image folders (--data PATH holding "
+            f"PATH/train/<class>/); CIFAR and the generated data are {SIZE}x{SIZE}"
+        )
     if is_synthetic(data) or name == "synthetic":
         return make_synthetic(n_train=synthetic_size(data) or DEFAULT_TRAIN_IMAGES)
     if name not in DATASETS:
@@ -128,6 +138,9 @@ def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
             return c
     if explicit and not root.exists() and root.suffix in (".gz", ".tar", ".tgz"):
         raise UserError(f"no such file: {root}")
+    hint = layout_hint(root) if explicit and root.is_dir() else None
+    if hint:  # meant as an image folder: say how, rather than download CIFAR into it
+        raise UserError(hint)
     if os.environ.get("CNNZOO_OFFLINE"):
         raise UserError(
             f"{spec.archive} not found in {root} and CNNZOO_OFFLINE is set; "
@@ -141,27 +154,16 @@ def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
 
 def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
     st = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    cached = cache_dir() / f"{name}-{key[:16]}.npz"
-    if cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            return _to_dataset(name, spec, arrays, source)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache: decode again
-    arrays = _decode(spec, source, quiet)
-    _validate(spec, arrays, source)
-    try:  # the cache is an optimisation: failing to write it is not an error
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(cached, "wb") as f:
-            np.savez(f, **arrays)
-    except OSError as err:
-        if not quiet:
-            print(
-                f"warning: could not cache decoded data in {cached.parent}: {err}", file=sys.stderr
-            )
-    return _to_dataset(name, spec, arrays, source)
+    key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        arrays = _decode(spec, source, quiet)
+        _validate(spec, arrays, source)
+        classes = [str(c) for c in arrays.pop("classes")]
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}, {"classes": classes}
+
+    arrays, meta = load_or_build(name, key, build, quiet)
+    return _to_dataset(name, spec, arrays, meta["classes"], source)
 
 
 def _decode(spec: Spec, source: Path, quiet: bool) -> dict[str, np.ndarray]:
@@ -218,14 +220,16 @@ def _validate(spec: Spec, a: dict[str, np.ndarray], source: Path) -> None:
         raise UserError(f"{source}: expected {spec.num_classes} class names")
 
 
-def _to_dataset(name: str, spec: Spec, a: dict[str, np.ndarray], source: Path) -> Dataset:
+def _to_dataset(
+    name: str, spec: Spec, a: dict[str, torch.Tensor], classes: list[str], source: Path
+) -> Dataset:
     return Dataset(
         name=name,
-        train_x=torch.from_numpy(a["train_x"]),
-        train_y=torch.from_numpy(a["train_y"]),
-        test_x=torch.from_numpy(a["test_x"]),
-        test_y=torch.from_numpy(a["test_y"]),
-        classes=[str(c) for c in a["classes"]],
+        train_x=a["train_x"],
+        train_y=a["train_y"],
+        test_x=a["test_x"],
+        test_y=a["test_y"],
+        classes=list(classes),
         mean=spec.mean,
         std=spec.std,
         source=str(source),

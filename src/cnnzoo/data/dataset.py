@@ -9,7 +9,11 @@ from torch import Tensor
 
 @dataclass
 class Dataset:
-    """Images as uint8 NHWC tensors (N, 32, 32, 3), labels as int64 (N,)."""
+    """Images as uint8 NHWC tensors (N, H, W, 3), 32×32 for CIFAR; labels as int64 (N,).
+
+    ``val_x``/``val_y`` are set only when the data comes with its own validation images (an
+    image folder's ``val/``); otherwise training holds a stratified part of ``train_x`` out.
+    """
 
     name: str
     train_x: Tensor
@@ -20,7 +24,13 @@ class Dataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str = ""  # where it came from: the archive or folder, or "synthetic:N" (generated)
+    val_x: Tensor | None = None
+    val_y: Tensor | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[1])

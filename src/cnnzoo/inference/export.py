@@ -1,7 +1,8 @@
 """ONNX export of a checkpoint, checked against PyTorch with onnxruntime.
 
-The exported graph has one input ``input`` (float32, NCHW, shape ``(batch, 3, 32, 32)``, the batch
-dimension dynamic) and one output ``logits`` (``(batch, classes)``, before softmax).
+The exported graph has one input ``input`` (float32, NCHW, shape ``(batch, 3, S, S)``, the batch
+dimension dynamic; S is 32, or the run's ``--image-size``) and one output ``logits``
+(``(batch, classes)``, before softmax).
 
 - By default the input is **normalised** as in training: ``(pixel / 255 - mean) / std`` per RGB
   channel, with the checkpoint's mean and std.
@@ -9,7 +10,8 @@ dimension dynamic) and one output ``logits`` (``(batch, classes)``, before softm
   ``[0, 1]`` (``pixel / 255``) and normalises inside.
 
 Either way the mean, std, class names and input convention are stored in the model's metadata
-(``metadata_props``: ``cnnzoo.mean``, ``cnnzoo.std``, ``cnnzoo.classes``, ``cnnzoo.input``).
+(``metadata_props``: ``cnnzoo.mean``, ``cnnzoo.std``, ``cnnzoo.classes``, ``cnnzoo.input``,
+``cnnzoo.image_size``).
 Resize images as ``cnnzoo predict`` does (``cnnzoo.inference.predict``) before feeding them.
 
 Needs the optional extra: ``pip install 'cnnzoo[onnx]'`` (onnx and onnxruntime). The exporter is
@@ -76,6 +78,7 @@ class ExportReport:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str]
+    image_size: int = 32  # the input's height and width
 
 
 def _require_onnx():
@@ -104,7 +107,7 @@ def export_onnx(
     otherwise ``ExportMismatch`` is raised and ``out`` is left as it was.
     """
     onnx, ort = _require_onnx()
-    from cnnzoo.inference.predict import checkpoint_normalization
+    from cnnzoo.inference.predict import checkpoint_image_size, checkpoint_normalization
     from cnnzoo.inference.weights import output_file
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
 
@@ -118,6 +121,7 @@ def export_onnx(
     model = model_from_checkpoint(ckpt).float().eval()
     module = Normalized(model, mean, std).eval() if include_normalization else model
     classes = [str(c) for c in ckpt.get("classes") or range(int(ckpt["num_classes"]))]
+    size = checkpoint_image_size(ckpt)
 
     try:
         fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -126,7 +130,7 @@ def export_onnx(
         raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
     tmp = Path(tmp_name)
     try:
-        _export(module, tmp, opset)
+        _export(module, tmp, opset, size)
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
         meta = {
@@ -135,6 +139,7 @@ def export_onnx(
             "cnnzoo.mean": json.dumps(list(mean)),
             "cnnzoo.std": json.dumps(list(std)),
             "cnnzoo.input": INPUT_NORMALISED[include_normalization],
+            "cnnzoo.image_size": str(size),
         }
         for key, value in meta.items():
             prop = proto.metadata_props.add()
@@ -168,6 +173,7 @@ def export_onnx(
         mean=mean,
         std=std,
         classes=classes,
+        image_size=size,
     )
 
 
@@ -186,7 +192,10 @@ def _compare(session, module: nn.Module, ckpt, data, include_normalization: bool
 
     g = torch.Generator().manual_seed(0)
     make = torch.rand if include_normalization else torch.randn
-    random_diff = max(max_diff(make(n, 3, 32, 32, generator=g)) for n in (1, 8))
+    from cnnzoo.inference.predict import checkpoint_image_size
+
+    s = checkpoint_image_size(ckpt)
+    random_diff = max(max_diff(make(n, 3, s, s, generator=g)) for n in (1, 8))
     real, real_note = _real_images(ckpt, data)
     if real is None:
         return random_diff, None, None, real_note
@@ -198,14 +207,14 @@ def _compare(session, module: nn.Module, ckpt, data, include_normalization: bool
     return random_diff, max_diff(x), real, real_note
 
 
-def _export(module: nn.Module, path: Path, opset: int) -> None:
+def _export(module: nn.Module, path: Path, opset: int, size: int) -> None:
     """The TorchScript-based exporter with a dynamic batch dimension; a failure is one line."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 module,
-                (torch.zeros(2, 3, 32, 32),),
+                (torch.zeros(2, 3, size, size),),
                 str(path),
                 dynamo=False,
                 opset_version=opset,
@@ -227,6 +236,8 @@ def _real_images(ckpt: dict[str, Any], data: str | None) -> tuple[torch.Tensor |
     """
     from cnnzoo.data import DATASETS, load_dataset
     from cnnzoo.data.cifar import default_root, is_synthetic
+    from cnnzoo.data.folder import is_image_folder
+    from cnnzoo.inference.predict import checkpoint_image_size
 
     cfg = ckpt.get("config", {}) or {}
     dataset = str(cfg.get("dataset", "cifar10"))
@@ -235,18 +246,21 @@ def _real_images(ckpt: dict[str, Any], data: str | None) -> tuple[torch.Tensor |
     if not is_synthetic(source):
         spec = DATASETS.get(dataset)
         root = Path(source) if source is not None else default_root()
-        local = spec is not None and (
-            root.is_file()
-            or (root / spec.archive).is_file()
-            or (root / spec.folder / spec.test_file).is_file()
-            or (root / spec.test_file).is_file()
+        local = is_image_folder(root) or (
+            spec is not None
+            and (
+                root.is_file()
+                or (root / spec.archive).is_file()
+                or (root / spec.folder / spec.test_file).is_file()
+                or (root / spec.test_file).is_file()
+            )
         )
         if not local:
             if explicit:
                 raise UserError(f"no {dataset} data at {root}")
             return None, f"skipped: no local copy of {dataset} (pass --data PATH)"
     try:
-        ds = load_dataset(dataset, source, quiet=True)
+        ds = load_dataset(dataset, source, quiet=True, image_size=checkpoint_image_size(ckpt))
     except UserError as err:
         if explicit:
             raise

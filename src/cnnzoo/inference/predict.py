@@ -1,18 +1,11 @@
 """Classify image files with a trained checkpoint.
 
-Image policy (``load_image``), applied to every file whatever its size and mode:
-
-1. Decode with Pillow (PNG, JPEG, GIF, BMP, WebP, TIFF, ...; the first frame of an animation) and
-   apply the EXIF orientation, so a photo is classified the way it is displayed.
-2. Convert to RGB. Grayscale is repeated over the three channels; a palette is expanded;
-   **transparency is composited onto white** (RGBA, LA and palette images with a transparent
-   colour), so a transparent background does not turn into black; CMYK/YCbCr are converted.
-3. Resize so that the **shorter side is 32 pixels** (bicubic, with Pillow's antialiasing when
-   shrinking), keeping the aspect ratio, then **crop the central 32×32**. A 32×32 image is
-   used as it is, pixel for pixel.
-4. Normalise exactly as in training: ``(pixel / 255 - mean) / std`` per channel with the mean
-   and std stored in the checkpoint (``cnnzoo.data.normalize``, the function the training loader
-   uses).
+Every file is decoded, converted to RGB and resized as ``cnnzoo.data.images.load_image`` says
+(EXIF orientation, transparency on white, shorter side resized to the checkpoint's image size,
+32 for CIFAR, then centre-cropped), the same function that reads image folders for training.
+It is then normalised exactly as in training: ``(pixel / 255 - mean) / std`` per channel with
+the mean and std stored in the checkpoint (``cnnzoo.data.normalize``, the function the training
+loader uses).
 """
 
 from __future__ import annotations
@@ -20,69 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from cnnzoo.data.images import SIZE, load_image
 from cnnzoo.errors import UserError
-
-SIZE = 32
-
-
-def load_image(path: str | os.PathLike, size: int = SIZE) -> torch.Tensor:
-    """Read one image file as a uint8 (size, size, 3) RGB tensor, following the module's policy.
-
-    Raises ``UserError`` with a one-line reason when the file is missing, is not an image, or
-    cannot be decoded (truncated, corrupt, too large).
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError("no such file")
-    if path.is_dir():
-        raise UserError("is a directory, not an image")
-    try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()  # decode now: truncated or corrupt data fails here, not later
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im)
-    except UnidentifiedImageError:
-        raise UserError("not an image Pillow can read") from None
-    except Image.DecompressionBombError as err:
-        raise UserError(f"image too large: {err}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as err:  # Pillow's decoders use these
-        raise UserError(f"cannot decode image: {err}") from None
-    w, h = rgb.size
-    if w < 1 or h < 1:
-        raise UserError("empty image")
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        rgb = rgb.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    rgb = rgb.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-
-
-def _to_rgb(im):
-    from PIL import Image
-
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, im).convert("RGB")
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grayscale: rescale
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        im = Image.fromarray(a.round().astype(np.uint8), mode="L")
-    return im.convert("RGB")
 
 
 @dataclass
@@ -115,10 +51,12 @@ class Predictor:
             classes = [f"class{i}" for i in range(self.num_classes)]
         self.classes = [str(c) for c in classes]
         self.model_name = str(ckpt["model_name"])
+        self.image_size = checkpoint_image_size(ckpt)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC (N, 32, 32, 3) -> float32 (N, classes) softmax probabilities (CPU)."""
+        """uint8 NHWC (N, S, S, 3), S = ``image_size`` -> float32 (N, classes) softmax
+        probabilities (CPU)."""
         from cnnzoo.data import normalize
 
         x = normalize(images.to(self.device), self.mean, self.std, channels_last=False)
@@ -147,6 +85,12 @@ def checkpoint_normalization(
     raise UserError("the checkpoint stores no normalisation (mean/std)")
 
 
+def checkpoint_image_size(ckpt: dict[str, Any]) -> int:
+    """The side of the images the checkpoint was trained on (``--image-size``; checkpoints from
+    before that option, and every CIFAR run, are 32)."""
+    return int((ckpt.get("config") or {}).get("image_size") or SIZE)
+
+
 def _chunks(items: Sequence[str], n: int) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -168,7 +112,7 @@ def predict_files(
         slots: list[int] = []
         for f in chunk:
             try:
-                img = load_image(f)
+                img = load_image(f, predictor.image_size)
             except UserError as err:
                 results.append(Prediction(str(f), error=str(err)))
                 continue

@@ -12,6 +12,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_TTA_SHIFT = 8  # translate-TTA pixels; reflection padding needs fewer than the image side
 SCHEDULES = ("cosine", "linear", "constant", "step")  # step: ÷10 at 50% and 75% (He et al.)
 DATASETS = ("cifar10", "cifar100")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512  # --image-size; each model also checks it takes it
 
 
 def opt(default: Any, group: str, help: str, **cli: Any) -> Any:
@@ -39,8 +40,18 @@ class TrainConfig:
         "(default: $CNNZOO_DATA, else ~/.cache/cnnzoo; downloads if missing)",
         type=str,
     )
+    image_size: int = opt(
+        32,
+        "data",
+        "image folders (--data PATH with PATH/train/<class>/*.png|jpg): resize each image's "
+        "shorter side to PX and centre-crop PX×PX, as predict does (CIFAR is 32)",
+        metavar="PX",
+    )
     val: int | None = opt(
-        None, "data", "validation images held out (default 10%%; 0: none)", type=int
+        None,
+        "data",
+        "validation images held out (default 10%%; 0: none); an image folder's val/ replaces it",
+        type=int,
     )
     subset: int | None = opt(None, "data", "train on the first N training images", type=int)
     augment: bool = opt(True, "data", "random crop + horizontal flip of the training images")
@@ -161,6 +172,10 @@ class TrainConfig:
             f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {self.tta_shift}",
         )
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
+        need(
+            MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
+            f"--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {self.image_size}",
+        )
         need(self.subset is None or self.subset >= 1, "--subset must be at least 1")
         need(self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1")
         need(self.eval_batch_size >= 1, "--eval-batch-size must be at least 1")

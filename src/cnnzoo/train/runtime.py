@@ -10,7 +10,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from cnnzoo.data.cifar import cache_dir
+from cnnzoo.data.cache import cache_dir
 from cnnzoo.errors import UserError
 from cnnzoo.train.precision import cpu_precision
 

@@ -51,10 +51,27 @@ def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dic
     model_info(cfg.model)  # unknown names fail here, before any data is read
     try:  # and so do bad --model-kwargs: a build on the meta device allocates nothing
         with torch.device("meta"):
-            create_model(cfg.model, **cfg.model_kwargs)
+            net = create_model(cfg.model, **cfg.model_kwargs)
     except ValueError as err:
         raise UserError(f"--model-kwargs: {err}") from None
+    _check_image_size(net, cfg)
     return cfg, state
+
+
+def _check_image_size(net: nn.Module, cfg: TrainConfig) -> None:
+    """A model whose head assumes 32×32 inputs (VGG's flatten to 512) refuses another
+    ``--image-size`` here, in one line, before any data is decoded: a meta-device forward
+    computes only shapes."""
+    if cfg.image_size == 32:
+        return
+    s = cfg.image_size
+    try:
+        with torch.device("meta"):
+            net(torch.empty(2, 3, s, s))  # (2, 3, S, S): 2 keeps BatchNorm's training mode happy
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = f"--image-size {s}: {cfg.model} does not take {s}x{s} images ({reason})"
+        raise UserError(msg) from None
 
 
 @dataclass
@@ -104,11 +121,8 @@ class Loaders:
 
 def build_loaders(cfg: TrainConfig, data: Dataset, rt: Runtime) -> Loaders:
     """The seeded, stratified validation split, the training subset and the three loaders."""
-    n_total = data.train_x.shape[0]
-    n_val = cfg.val if cfg.val is not None else n_total // 10
-    if n_val >= n_total:
-        raise UserError(f"--val {n_val} leaves no training images (the set has {n_total})")
-    train_idx, val_idx = stratified_split(data.train_y, n_val, seed=cfg.seed)
+    train_idx, val_x, val_y = _validation_split(cfg, data)
+    n_val = val_y.numel()
     if cfg.subset is not None:
         train_idx = train_idx[: cfg.subset]
     if cfg.batch_size > train_idx.numel():
@@ -137,10 +151,29 @@ def build_loaders(cfg: TrainConfig, data: Dataset, rt: Runtime) -> Loaders:
         train_x, train_y, per_rank, train=True, augment=aug if cfg.augment else None,
         seed=cfg.seed, mix=mix, **common,
     )  # fmt: skip
-    val_x, val_y = data.train_x[val_idx], data.train_y[val_idx]
     val = TensorLoader(val_x, val_y, cfg.eval_batch_size, **common) if n_val else None
     test = TensorLoader(data.test_x, data.test_y, cfg.eval_batch_size, **common)
     return Loaders(train, val, test, train_idx, n_val)
+
+
+def _validation_split(
+    cfg: TrainConfig, data: Dataset
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(training positions in ``data.train_x``, validation images, their labels): the data's
+    own validation images when it has them (an image folder's val/; ``--val 0`` still means
+    none), else a seeded, stratified ``--val`` images of the training set (default 10%)."""
+    n_total = data.train_x.shape[0]
+    if data.val_x is not None and data.val_y is not None:
+        if cfg.val:
+            raise UserError(f"--val {cfg.val}: {data.source} has its own validation images (val/)")
+        if cfg.val == 0:
+            return torch.arange(n_total), data.val_x[:0], data.val_y[:0]
+        return torch.arange(n_total), data.val_x, data.val_y
+    n_val = cfg.val if cfg.val is not None else n_total // 10
+    if n_val >= n_total:
+        raise UserError(f"--val {n_val} leaves no training images (the set has {n_total})")
+    train_idx, val_idx = stratified_split(data.train_y, n_val, seed=cfg.seed)
+    return train_idx, data.train_x[val_idx], data.train_y[val_idx]
 
 
 def memory_format(cfg: TrainConfig) -> torch.memory_format:

@@ -59,7 +59,9 @@ def _train(cfg: TrainConfig, resume: Path | None, closers: list[Any]) -> RunResu
     cfg, saved = resolve_run(cfg, resume)
     rt = setup_runtime(cfg)
     out = prepare_out_dir(Path(cfg.out), rt.dist, resuming=resume is not None)
-    data = load_dataset(cfg.dataset, cfg.data, quiet=cfg.quiet or not rt.dist.is_main)
+    data = load_dataset(
+        cfg.dataset, cfg.data, quiet=cfg.quiet or not rt.dist.is_main, image_size=cfg.image_size
+    )
     loaders = build_loaders(cfg, data, rt)
     model = build_model(cfg, data, loaders, rt, fresh=saved is None)
     optim = build_optim(cfg, model, rt)

@@ -216,8 +216,11 @@ def _signal_at(monkeypatch, epoch: int, step: int, sig: int) -> None:
 @pytest.mark.parametrize(
     "options",
     [
-        dict(epochs=3, ema=0.9, cutout=8, mixup=0.4, cutmix=1.0, label_smoothing=0.1),
-        dict(epochs=5, lookahead=True, alternate_flip=True, crop_reflect=True),
+        dict(epochs=2, ema=0.9, cutout=8, mixup=0.4, cutmix=1.0, label_smoothing=0.1),
+        pytest.param(
+            dict(epochs=5, lookahead=True, alternate_flip=True, crop_reflect=True),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["ema-mix-cutout", "lookahead"],
 )
@@ -333,5 +336,26 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys
     monkeypatch.undo()
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the previous checkpoint still loads
     assert [r["epoch"] for r in _rows(out)] == ([1] if name == "metrics.jsonl" else [1, 2])
-    _resume(out)  # and the run goes on from it
+    assert run_main(["train", "--resume", str(out)], capsys)[0] == 0  # the run goes on from it
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_a_real_full_filesystem(tmp_path):
+    """The same on a real 4 MiB tmpfs (root only; skipped where mounting is not allowed): epoch
+    1's files fit, epoch 2's checkpoint does not."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        out = mnt / "run"
+        done = run_cli([*TINY_TRAIN, "--out", str(out)])
+        assert done.returncode == 1
+        line = assert_one_error_line(done.stderr)
+        assert "No space left on device" in line and "MiB free on its filesystem" in line
+        assert not _temp_files(out)
+        assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

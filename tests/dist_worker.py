@@ -5,13 +5,15 @@ Started by torchrun in tests/test_distributed.py. ``CNNZOO_TEST_FAULT=die`` make
 ``CNNZOO_TEST_FAULT_EPOCH`` (default: the first epoch it trains), as a crashed or OOM-killed
 worker would; ``hang`` makes it stop responding there instead (the other ranks then
 wait in a collective until ``$CNNZOO_DIST_TIMEOUT`` ends it); ``diverge`` makes that rank's
-loss read as huge (its gradients unchanged), as a rank that alone sees the loss explode.
+loss read as huge (its gradients unchanged), as a rank that alone sees the loss explode;
+``sigterm`` makes that rank alone receive SIGTERM there, as a preempted worker (it trains on).
 Without the variable it adds nothing.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -26,7 +28,9 @@ _epochs_seen = 0
 
 def _faulty(batches):
     for i, batch in enumerate(batches):
-        if i == 1:  # one step done: the faulty rank goes away mid-epoch
+        if i == 1 and FAULT == "sigterm":  # one step done: this rank alone is told to stop
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif i == 1:  # one step done: the faulty rank goes away mid-epoch
             if FAULT == "die":
                 os._exit(3)
             while True:  # "hang": alive but silent

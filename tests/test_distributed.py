@@ -8,7 +8,6 @@ a rank that dies or hangs, and ``--resume`` under torchrun.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from torch import nn
 
 from cnnzoo.data import Augment, TensorLoader
 from cnnzoo.data.synthetic import make_synthetic
+from helpers import cnnzoo_env
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json"}
@@ -32,8 +32,9 @@ SMALL += ["--precision", "fp32", "--eval-batch-size", "250", "--device", "cpu"] 
 
 
 def _torchrun(args: list[str], cwd: Path, timeout: float = 120, **env: str):
-    """``torchrun --standalone --nproc_per_node=2 ARGS``; a hang fails the test via timeout."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    """``torchrun --standalone --nproc_per_node=2 ARGS``; a hang fails the test via timeout.
+    The workers import this checkout's cnnzoo (``cnnzoo_env``), whatever the cwd."""
+    full_env = {**cnnzoo_env(), "OMP_NUM_THREADS": "1", **env}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.run(
         cmd + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
@@ -279,3 +280,39 @@ def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
         with pytest.raises(UserError, match=r"nproc_per_node=1.*--device cpu"):
             resolve_device(name)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Rank 1 alone gets SIGTERM in epoch 2: both ranks stop after the same step, rank 0 writes
+    that mid-epoch position once, and a resume under torchrun ends as an uninterrupted run."""
+    args = ["train", "resnet20", *SMALL, "--epochs", "2"]
+    stopped = _torchrun(
+        [str(WORKER), *args, "--out", "A"],
+        tmp_path,
+        CNNZOO_TEST_FAULT="sigterm",
+        CNNZOO_TEST_FAULT_EPOCH="2",
+        CNNZOO_DIST_TIMEOUT="30",
+    )
+    assert stopped.returncode != 0  # torchrun reports its workers' exit code 143 as a failure
+    assert "exitcode  : 143" in stopped.stderr, stopped.stderr[-3000:]
+    line = "interrupted at epoch 2 step 2; resume with: cnnzoo train --resume A"
+    assert stopped.stderr.count(line) == 1, stopped.stderr[-3000:]  # rank 0 alone says it
+    last = torch.load(tmp_path / "A" / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and last["step"] == 12 and last["in_epoch"]["step"] == 2
+    assert last["in_epoch"]["totals"][2].item() == 2 * 64  # both ranks' images, summed
+    assert not list((tmp_path / "A").glob(".*.tmp"))
+    _ok(_torchrun(["-m", "cnnzoo", "train", "--resume", "A"], tmp_path))
+    _ok(_torchrun(["-m", "cnnzoo", *args, "--out", "B"], tmp_path))
+    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in "AB")
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 20
+    for k, v in b["model"].items():
+        assert torch.allclose(a["model"][k].float(), v.float(), atol=1e-5), k
+    rows = [
+        [json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in "AB"
+    ]
+    assert [r["epoch"] for r in rows[0]] == [1, 2]
+    for got, want in zip(*rows, strict=True):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-9)
+        assert got["train_acc"] == want["train_acc"] and got["val_acc"] == want["val_acc"]

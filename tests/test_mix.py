@@ -30,7 +30,7 @@ def test_mixed_labels_sum_to_one_and_a_seed_fixes_the_batches(mix: Mix) -> None:
 
 def test_mixup_blends_images_by_the_label_weight() -> None:
     x, y = torch.randn(8, 3, 4, 4), torch.arange(8)
-    mixed, targets = mix_batch(x, y, Mix(mixup=1.0), mix_rng(0, 1, 0))
+    mixed, targets = mix_batch(x, y, Mix(mixup=1.0), mix_rng(0, 1, 0, 0))
     for i in range(8):
         others = [int(c) for c in targets[i].nonzero() if int(c) != i]
         j = others[0] if others else i  # the partner image (itself when paired with itself)
@@ -41,7 +41,7 @@ def test_mixup_blends_images_by_the_label_weight() -> None:
 def test_cutmix_pastes_a_box_whose_area_is_the_label_weight() -> None:
     x, y = torch.zeros(4, 1, 16, 16), torch.arange(4)
     x += torch.arange(4).view(4, 1, 1, 1).float()  # image i is filled with the value i
-    mixed, targets = mix_batch(x, y, Mix(cutmix=1.0), mix_rng(3, 1, 0))
+    mixed, targets = mix_batch(x, y, Mix(cutmix=1.0), mix_rng(3, 1, 0, 0))
     for i in range(4):
         own_area = float((mixed[i] == i).float().mean())
         assert targets[i, i] == pytest.approx(own_area)

@@ -3,7 +3,8 @@
 Each subcommand lives in ``cnnzoo/commands/<name>.py`` and exposes ``add_parser(subparsers)``
 (which sets ``func``); heavy imports happen inside ``func``, so ``cnnzoo --help`` stays fast.
 
-Exit codes: 0 success, 1 a failure while running (e.g. training diverged), 2 bad input.
+Exit codes: 0 success, 1 a failure while running (e.g. training diverged, a full disk), 2 bad
+input, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from cnnzoo.errors import TrainingDiverged, UserError
+from cnnzoo.errors import Interrupted, TrainingDiverged, UserError, WriteFailed
 
 COMMANDS = (
     "models",
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "twins, Inception, FastNet): train them on CIFAR, evaluate, predict, export, and rerun "
         "the papers' experiments.",
         epilog="`cnnzoo COMMAND --help` describes each command. Exit codes: 0 success, "
-        "1 a failure while running, 2 bad input.",
+        "1 a failure while running, 2 bad input, 128+N stopped by signal N (130 Ctrl-C, 143 "
+        "SIGTERM, 138 SIGUSR1).",
     )
     from cnnzoo import __version__
 
@@ -80,6 +82,13 @@ def _run(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 1
+    except WriteFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as err:  # the run saved where it stopped (or says what it kept)
+        if str(err):
+            print(err, file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

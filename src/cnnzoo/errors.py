@@ -1,4 +1,5 @@
-"""Exceptions that the command line turns into one clear line and exit code 2."""
+"""Exceptions that the command line turns into one clear line and an exit code: 2 for bad input,
+1 for a run that failed, 128 + signal number for a run stopped by a signal."""
 
 from __future__ import annotations
 
@@ -19,3 +20,23 @@ class UnknownModelError(UserError, KeyError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept on disk."""
+
+
+class WriteFailed(RuntimeError):
+    """A run could not write one of its files (a full disk, an I/O error, a read-only
+    filesystem); the previous version of the file is kept. The CLI exits with status 1."""
+
+
+class Interrupted(BaseException):
+    """A run stopped by SIGINT, SIGTERM or SIGUSR1. Like ``KeyboardInterrupt`` it is not an
+    ``Exception``: an ``except Exception`` on its way up must not swallow the stop. The CLI
+    prints the message (where to resume) and exits with 128 + ``signum``, as a shell reports a
+    process ended by that signal (130, 143, 138)."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -89,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # What a resumed run takes from the command line; everything else comes from its checkpoint.
-RESUME_OPTIONS = {"resume", "stop_after", "quiet", "func", "command"}
+RESUME_OPTIONS = {"resume", "stop_after", "checkpoint_every", "quiet", "func", "command"}
 
 
 def _refuse_options_on_resume(args: argparse.Namespace) -> None:
@@ -104,7 +104,7 @@ def _refuse_options_on_resume(args: argparse.Namespace) -> None:
         names = ", ".join("MODEL" if k == "model" else "--" + k.replace("_", "-") for k in given)
         raise UserError(
             f"--resume continues the run with its saved configuration; it does not take {names} "
-            "(only --stop-after and --quiet); start a new run to change them"
+            "(only --stop-after, --checkpoint-every and --quiet); start a new run to change them"
         )
 
 

@@ -1,9 +1,10 @@
 """A loader over uint8 tensors in memory with augmentation as batched tensor ops.
 
 No per-image Python: an epoch's random choices (order, crop offsets, flips, cutout centres) are
-drawn up front from a generator seeded by (seed, epoch), so an epoch is the same whether it runs
-in one go, after a resume, or split over several ranks (each rank takes a strided shard of the
-same permutation, as ``DistributedSampler`` does).
+drawn up front from a generator seeded by (seed, epoch), and each batch's mixing from one seeded
+by (seed, epoch, rank, batch), so an epoch is the same whether it runs in one go, after a resume
+(also one from the middle of the epoch: ``batches(start)``), or split over several ranks (each
+rank takes a strided shard of the same permutation, as ``DistributedSampler`` does).
 """
 
 from __future__ import annotations
@@ -144,6 +145,13 @@ class TensorLoader:
         return -(-len(range(self.rank, self.x.shape[0], self.world_size)) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches from batch ``start`` on: exactly those an iteration from the
+        start yields after its first ``start`` batches (a run resumed in the middle of an
+        epoch), without building the skipped ones. Every random choice is either drawn for the
+        whole epoch up front (order, crops, flips, cutout) or per batch (mixing)."""
         idx = self._indices()
         aug = self.augment if self.train else None
         if aug:
@@ -152,9 +160,7 @@ class TensorLoader:
             params = [p[pos] if p is not None else None for p in self._draw_aug(aug)]
             if aug.alternate_flip:
                 params[2] = self._alternating_flips()[idx]
-        # one generator per (seed, epoch, rank): a seed fixes every batch's mixing
-        mix_draws = mix_rng(self.seed, self.epoch, self.rank) if self.mix else None
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             bi = idx[sl].to(self.device)
             xb = self.x[bi]
@@ -162,8 +168,8 @@ class TensorLoader:
                 dx, dy, fl, cut = (p[sl].to(self.device) if p is not None else None for p in params)
                 xb = augment_batch(xb, dx, dy, fl, cut, aug)
             xb, yb = normalize(xb, self.mean, self.std, self.channels_last), self.y[bi]
-            if self.mix is not None:
-                xb, yb = mix_batch(xb, yb, self.mix, mix_draws)
+            if self.mix is not None:  # one generator per (seed, epoch, rank, batch)
+                xb, yb = mix_batch(xb, yb, self.mix, mix_rng(self.seed, self.epoch, self.rank, i))
             yield xb, yb
 
     def _alternating_flips(self) -> Tensor:

@@ -5,8 +5,8 @@ Each batch is mixed with a permutation of itself: mixup blends whole images,
 image. λ ~ Beta(α, α), one per batch (as timm); with both enabled each batch uses one of the two
 at random. The labels become class probabilities ``λ·onehot(y) + (1-λ)·onehot(y[perm])`` (with
 λ recomputed from the box actually pasted), which ``nn.CrossEntropyLoss`` takes as targets.
-Every draw comes from a generator seeded by (seed, epoch, rank): a fixed seed gives fixed batches,
-whether the epoch runs in one go or after a resume.
+Every draw comes from a generator seeded by (seed, epoch, rank, batch): a fixed seed gives fixed
+batches, whether the epoch runs in one go or resumes at any batch (nothing to draw and discard).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class Mix:
         return self.mixup > 0 or self.cutmix > 0
 
 
-def mix_rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, rank, 7949])
+def mix_rng(seed: int, epoch: int, rank: int, batch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, rank, batch, 7949])
 
 
 def mix_batch(x: Tensor, y: Tensor, mix: Mix, rng: np.random.Generator) -> tuple[Tensor, Tensor]:

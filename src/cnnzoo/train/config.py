@@ -14,6 +14,14 @@ SCHEDULES = ("cosine", "linear", "constant", "step")  # step: ÷10 at 50% and 75
 DATASETS = ("cifar10", "cifar100")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512  # --image-size; each model also checks it takes it
 
+# --checkpoint-every's default, in minutes. Its clock restarts at every checkpoint, the
+# end-of-epoch ones included, so epochs shorter than this never write a timed checkpoint (short
+# runs pay nothing, and the choice needs no estimate of an epoch's length), while a longer epoch
+# (ResNet-18 on a 2-core CPU: 15+ minutes) loses at most this much work to a SIGKILL or a power
+# cut. Writing a ResNet-18 last.pt (weights and momentum, 89 MB) took 0.2-0.6 s on the 2-core
+# development machine: 0.2% of the period at most.
+CHECKPOINT_MINUTES = 5.0
+
 
 def opt(default: Any, group: str, help: str, **cli: Any) -> Any:
     """A field with its command-line option: ``--name-with-dashes`` in ``group``. ``cli`` goes
@@ -138,6 +146,13 @@ class TrainConfig:
         action="store_true",
         train_only=True,
     )
+    checkpoint_every: float = opt(
+        CHECKPOINT_MINUTES,
+        "run",
+        "write a resumable mid-epoch last.pt once MIN minutes have passed since the last "
+        "checkpoint (epochs shorter than that never write one; 0: only at epoch ends)",
+        metavar="MIN",
+    )
     tensorboard: bool = opt(
         False, "run", "log to RUN/tensorboard", action="store_true", train_only=True
     )
@@ -178,6 +193,10 @@ class TrainConfig:
         )
         need(self.subset is None or self.subset >= 1, "--subset must be at least 1")
         need(self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1")
+        need(
+            math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
+            f"--checkpoint-every must be >= 0 minutes, got {self.checkpoint_every}",
+        )
         need(self.eval_batch_size >= 1, "--eval-batch-size must be at least 1")
         need(self.threads is None or self.threads >= 1, "--threads must be at least 1")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")

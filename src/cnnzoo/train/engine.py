@@ -40,6 +40,18 @@ class EvalResult:
     confusion: Tensor | None  # (classes, classes): rows true, columns predicted
 
 
+@dataclass
+class EpochPosition:
+    """How far an epoch has got: where a mid-epoch checkpoint stopped and a resumed epoch goes
+    on. ``totals`` are the running sums over the steps done (loss × images, correct, images:
+    (3,) float64), so that the epoch's metrics row comes out the same after a resume;
+    ``seconds`` the training time those steps took."""
+
+    step: int = 0  # optimizer steps done in this epoch
+    totals: Tensor | None = None
+    seconds: float = 0.0
+
+
 def train_epoch(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -51,16 +63,25 @@ def train_epoch(
     after_step: Callable[[], None] | None = None,
     dist_info: DistInfo | None = None,
     on_batch: Callable[[Callable[[], tuple[float, float, int]]], None] | None = None,
+    start: EpochPosition | None = None,
+    on_step: Callable[[EpochPosition], None] | None = None,
 ) -> EpochStats:
     """Train over ``batches`` once. ``set_lr`` sets and returns the step's learning rate;
     ``after_step`` runs after each optimizer step (the weight average, say); ``on_batch`` gets,
-    after every step, a function that returns (mean loss, accuracy, images) so far."""
+    after every step, a function that returns (mean loss, accuracy, images) so far.
+
+    A resumed epoch passes ``start`` (its checkpoint's position) and ``batches`` from that step
+    on. ``on_step`` gets the position after every step: the trainer's checkpoint and stop check
+    (it may write a checkpoint, or raise to stop); the loop itself writes nothing."""
     model.train()
     info = dist_info or DistInfo()
     device = next(model.parameters()).device
+    start = start or EpochPosition()
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
-    start = time.perf_counter()
-    for step, (x, y) in enumerate(batches):
+    if start.totals is not None:
+        totals.copy_(start.totals)
+    began = time.perf_counter() - start.seconds
+    for step, (x, y) in enumerate(batches, start=start.step):
         set_lr()
         with amp():
             logits = model(x)
@@ -75,24 +96,31 @@ def train_epoch(
             optimizer.step()
         if after_step is not None:
             after_step()
-        with torch.no_grad():
-            n = y.shape[0]
-            labels = y.argmax(1) if y.ndim == 2 else y  # mixed targets: the dominant class
-            totals += torch.stack(
-                [
-                    loss.detach().double() * n,
-                    (logits.argmax(1) == labels).sum().double(),
-                    torch.tensor(float(n), device=device, dtype=torch.float64),
-                ]
-            )
+        _accumulate(totals, loss, logits, y)
         if (step + 1) % CHECK_EVERY == 0:  # a device sync (and a collective): not every step
-            _check_finite(all_reduce_sum(totals.clone(), info), step)
+            check_finite(all_reduce_sum(totals.clone(), info), step)
         if on_batch is not None:  # the bar reads the running means (a sync) only to redraw
             on_batch(lambda t=totals: _running_means(t))
-    seconds = time.perf_counter() - start
-    _check_finite(all_reduce_sum(totals, info), -1)
+        if on_step is not None:
+            on_step(EpochPosition(step + 1, totals, time.perf_counter() - began))
+    seconds = time.perf_counter() - began
+    check_finite(all_reduce_sum(totals, info), -1)
     loss_sum, correct, count = totals.tolist()
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), seconds, int(count))
+
+
+@torch.no_grad()
+def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+    """Add a step's loss × images, correct predictions and images to ``totals`` (in place)."""
+    n = y.shape[0]
+    labels = y.argmax(1) if y.ndim == 2 else y  # mixed targets: the dominant class
+    totals += torch.stack(
+        [
+            loss.detach().double() * n,
+            (logits.argmax(1) == labels).sum().double(),
+            torch.tensor(float(n), device=totals.device, dtype=torch.float64),
+        ]
+    )
 
 
 def _running_means(totals: Tensor) -> tuple[float, float, int]:
@@ -100,7 +128,7 @@ def _running_means(totals: Tensor) -> tuple[float, float, int]:
     return loss_sum / max(count, 1), correct / max(count, 1), int(count)
 
 
-def _check_finite(totals: Tensor, step: int) -> None:
+def check_finite(totals: Tensor, step: int) -> None:
     """Raise ``TrainingDiverged`` when the epoch's mean loss so far is NaN, infinite or above
     ``MAX_LOSS``. ``totals`` (loss sum, correct, count) are summed over the ranks, so that every
     rank sees the same figure and all of them stop together, none left waiting in a collective."""

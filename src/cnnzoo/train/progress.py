@@ -23,7 +23,8 @@ class Progress:
         if not self.quiet:
             print(msg, flush=True)
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        """An epoch of ``steps`` begins, ``done`` of them already (a resume mid-epoch)."""
         self._t0 = self._drawn = time.perf_counter()
         if self.quiet or not self.tty:
             return
@@ -31,6 +32,7 @@ class Progress:
 
         self.bar = tqdm(
             total=steps,
+            initial=done,
             desc=f"epoch {epoch}/{self.total_epochs}{self._remaining_after}",
             leave=False,
             dynamic_ncols=True,

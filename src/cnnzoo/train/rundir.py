@@ -3,15 +3,18 @@ last.pt/best.pt) and its life (created once, refused when it exists, cleaned aft
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cnnzoo.atomic import atomic_open
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, WriteFailed
 from cnnzoo.train.runtime import DistInfo, barrier
 
 GRADFLOW_FILE = "gradflow.jsonl"  # per-epoch conv gradient norms (--record-gradflow)
@@ -27,8 +30,31 @@ METRIC_COLUMNS = (
 )
 
 
+@contextlib.contextmanager
+def reported_write(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` (ENOSPC, EIO, EROFS, a quota) into a
+    ``WriteFailed`` that names the file and the space left on its filesystem. The atomic writes
+    have already removed their temp file by then, so the previous ``path`` is untouched."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise WriteFailed(
+            f"cannot write {path}: {reason} ({_free_space(path.parent)}); "
+            f"{path.name} is left as it was"
+        ) from err
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free on its filesystem"
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as f:
+    with reported_write(path), atomic_open(path, "w") as f:
         f.write(text)
 
 

@@ -36,8 +36,8 @@ from cnnzoo.train.runtime import (
 def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dict | None]:
     """The run's configuration (a copy: the caller's stays as given) and, when resuming from a
     checkpoint, its saved state. A resumed run keeps its saved configuration; only
-    ``stop_after`` and ``quiet`` belong to this invocation. A run killed before its first
-    checkpoint starts over with its own config.json."""
+    ``stop_after``, ``checkpoint_every`` and ``quiet`` belong to this invocation. A run killed
+    before its first checkpoint starts over with its own config.json."""
     cfg, state = dataclasses.replace(cfg), None
     if resume is not None:
         if RunDir(resume).killed_before_first_checkpoint():
@@ -46,6 +46,7 @@ def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dic
             state = ckpt_io.load_checkpoint(resume / "last.pt")
             saved = TrainConfig.from_dict(state["config"])
         saved.out, saved.stop_after, saved.quiet = str(resume), cfg.stop_after, cfg.quiet
+        saved.checkpoint_every = cfg.checkpoint_every
         cfg = saved
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before any data is read

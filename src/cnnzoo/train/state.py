@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cnnzoo.train import checkpoint as ckpt_io
+from cnnzoo.train.engine import EpochPosition
 from cnnzoo.train.rundir import write_metrics
 
 
@@ -23,6 +24,8 @@ class TrainState:
     best_score: float = -1.0  # validation accuracy (the epoch number without a validation set)
     best_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # where epoch ``epoch + 1`` resumes: set by a checkpoint written in the middle of it
+    position: EpochPosition | None = None
 
     def update_best(self, score: float) -> bool:
         """Record the epoch's score; True when it is the best so far."""
@@ -31,13 +34,20 @@ class TrainState:
             return True
         return False
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, position: EpochPosition | None = None) -> dict[str, Any]:
+        """The counters and RNG states; with ``position``, a checkpoint in the middle of epoch
+        ``epoch + 1`` (its totals summed over the ranks)."""
+        in_epoch = None
+        if position is not None:
+            totals = position.totals.detach().cpu() if position.totals is not None else None
+            in_epoch = {"step": position.step, "totals": totals, "seconds": position.seconds}
         return {
             "epoch": self.epoch,
             "step": self.step,
             "best_val_acc": self.best_score,
             "best_epoch": self.best_epoch,
             "rng": get_rng_state(),
+            "in_epoch": in_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
@@ -47,6 +57,10 @@ class TrainState:
         self.best_score, self.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
         self.history = [r for r in history if r["epoch"] <= self.epoch]
         set_rng_state(state["rng"])
+        pos = state.get("in_epoch")  # absent from format-1 checkpoints: an epoch's end
+        self.position = None
+        if pos is not None:
+            self.position = EpochPosition(int(pos["step"]), pos["totals"], float(pos["seconds"]))
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -76,7 +90,8 @@ class RunResult:
 
 
 class CheckpointSaver:
-    """After each epoch: metrics, then best.pt when the epoch improved, then last.pt.
+    """After each epoch: metrics, then best.pt when the epoch improved, then last.pt; in the
+    middle of an epoch (a signal, the checkpoint clock) last.pt alone.
 
     Metrics first: a kill before last.pt lands leaves an extra row that ``--resume`` drops (it
     keeps rows up to last.pt's epoch); the other order would lose a row. best.pt holds the
@@ -102,4 +117,23 @@ class CheckpointSaver:
             best["val_acc"] = state.history[-1]["val_acc"]
             ckpt_io.save_atomic(best, self.out / "best.pt")
         last = {**self.meta, **state.state_dict(), "model": model.state_dict(), **optim_state}
+        ckpt_io.save_atomic(last, self.out / "last.pt")
+
+    def save_position(
+        self,
+        state: TrainState,
+        position: EpochPosition,
+        model: nn.Module,
+        optim_state: dict[str, Any],
+    ) -> None:
+        """last.pt in the middle of epoch ``state.epoch + 1``, after ``position.step`` steps: the
+        metrics and best.pt only change at the epoch's end."""
+        if not self.enabled:
+            return
+        last = {
+            **self.meta,
+            **state.state_dict(position),
+            "model": model.state_dict(),
+            **optim_state,
+        }
         ckpt_io.save_atomic(last, self.out / "last.pt")

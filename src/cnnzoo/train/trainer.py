@@ -3,6 +3,10 @@
 ``train`` composes the pieces: the resolved configuration and runtime, data loaders, model and
 optimizer (``cnnzoo.train.setup``), the run's state and its checkpoint saver
 (``cnnzoo.train.state``), and the loop (``_Run``: start, one epoch at a time, the final test).
+
+While it trains, SIGINT, SIGTERM and SIGUSR1 stop the run after the current optimizer step with
+a checkpoint of that exact position (``cnnzoo.train.interrupt``), as does the checkpoint clock
+(``--checkpoint-every``) without stopping; ``--resume`` continues from the next step.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import torch
 from torch import nn
 
 from cnnzoo.data import load_dataset
-from cnnzoo.errors import TrainingDiverged
+from cnnzoo.errors import Interrupted, TrainingDiverged
 from cnnzoo.models import create_model
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.callbacks import Callbacks
 from cnnzoo.train.config import TrainConfig, lr_at
-from cnnzoo.train.engine import EvalResult, evaluate, train_epoch
+from cnnzoo.train.engine import EpochPosition, EvalResult, check_finite, evaluate, train_epoch
+from cnnzoo.train.interrupt import CheckpointClock, StopSignals
 from cnnzoo.train.progress import Progress
 from cnnzoo.train.rundir import (
     GRADFLOW_FILE,
@@ -32,7 +37,13 @@ from cnnzoo.train.rundir import (
     truncate_jsonl,
     write_json,
 )
-from cnnzoo.train.runtime import autocast, barrier, broadcast_object
+from cnnzoo.train.runtime import (
+    all_reduce_max,
+    all_reduce_sum,
+    autocast,
+    barrier,
+    broadcast_object,
+)
 from cnnzoo.train.setup import (
     build_loaders,
     build_model,
@@ -75,10 +86,11 @@ def _train(cfg: TrainConfig, resume: Path | None, closers: list[Any]) -> RunResu
         truncate_jsonl(out / GRADFLOW_FILE, state.epoch if saved is not None else -1)
     run = _Run(cfg, rt, data, loaders, model, optim, state, out)
     closers.extend(run.callbacks.closers)
-    run.start()
     last_epoch = min(cfg.epochs, cfg.stop_after or cfg.epochs)
-    for epoch in range(state.epoch + 1, last_epoch + 1):
-        run.epoch(epoch)
+    with run.signals:  # caught while training; the final test ends on Ctrl-C as any command
+        run.start()
+        for epoch in range(state.epoch + 1, last_epoch + 1):
+            run.epoch(epoch)
     if last_epoch < cfg.epochs:
         run.progress.log(f"stopped after epoch {last_epoch}; continue with --resume {out}")
         return run.result(None, None)
@@ -99,6 +111,11 @@ class _Run:
         self.progress = Progress(cfg.epochs, quiet=cfg.quiet, enabled=self.dist.is_main)
         self.callbacks = Callbacks(cfg, out, self.progress, self.dist.is_main)
         self.saver = CheckpointSaver(out, self._meta(), enabled=self.dist.is_main)
+        self.signals = StopSignals(
+            f"aborted; the last complete checkpoint is kept: resume with: "
+            f"cnnzoo train --resume {out}"
+        )
+        self.clock = CheckpointClock(cfg.checkpoint_every)
         self.resumed_at = state.epoch  # epochs done before this invocation
         self.run_start = time.perf_counter()
 
@@ -158,10 +175,11 @@ class _Run:
             "torch": torch.__version__,
         }
         self.run_start = time.perf_counter()
+        self.clock.reset()
         if not self.dist.is_main:
             return
         write_json(self.out / "config.json", resolved)
-        if self.state.epoch == 0:
+        if self.state.epoch == 0 and self.state.position is None:  # not after a resume in epoch 1
             self.callbacks.gradflow(self, epoch=0)
         self.progress.log(f"precision {rt.precision}: {rt.choice.reason}")
         self.progress.log(
@@ -202,14 +220,62 @@ class _Run:
             if self.dist.enabled:  # DDP must see the change
                 self.net = self._wrap()
 
+    def _start_position(self) -> EpochPosition:
+        """Where this epoch starts: step 0, or a mid-epoch checkpoint's position once."""
+        start, self.state.position = self.state.position or EpochPosition(), None
+        if not self.dist.is_main:  # rank 0 carries the totals the checkpoint summed over ranks
+            start = EpochPosition(start.step, None, start.seconds)
+        return start
+
+    def _decide(self) -> tuple[int, bool]:
+        """(the signal that asks to stop, or 0; whether a timed checkpoint is due): one answer
+        for every rank, so that all of them save and stop at the same step. Under torchrun that
+        is a 2-number all-reduce per step (a device sync on CUDA): the price of stopping within
+        one step of the signal, as a preemption's grace period (often 30 s) needs."""
+        signum, due = self.signals.signum, self.clock.due() and self.dist.is_main
+        if self.dist.enabled:  # any rank's signal, rank 0's clock
+            both = torch.tensor([signum, int(due)], dtype=torch.int64, device=self.rt.device)
+            signum, due = all_reduce_max(both, self.dist).tolist()
+        return int(signum), bool(due)
+
+    def _on_step(self, epoch: int, pos: EpochPosition) -> None:
+        """After each optimizer step: a mid-epoch checkpoint when the clock says so or a signal
+        came, and then, for a signal, the stop."""
+        signum, due = self._decide()
+        if signum or due:
+            self._save_position(pos)
+        if signum:
+            raise self._interrupted(signum, epoch, pos.step)
+
+    def _save_position(self, pos: EpochPosition) -> None:
+        """last.pt at ``pos``, with the running totals summed over the ranks; never over a good
+        checkpoint when the loss so far or the weights are not finite."""
+        totals = all_reduce_sum(pos.totals.clone(), self.dist)
+        check_finite(totals, pos.step - 1)
+        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+            raise TrainingDiverged(
+                f"the weights became non-finite at step {pos.step} of this epoch; lower --lr "
+                "(the last good checkpoint is kept)"
+            )
+        position = EpochPosition(pos.step, totals, pos.seconds)
+        self.saver.save_position(self.state, position, self.model, self.optim.state_dict())
+        self.clock.reset()
+        barrier(self.dist)  # no rank stops (and ends the job) while rank 0 still writes
+
+    def _interrupted(self, signum: int, epoch: int, step: int) -> Interrupted:
+        where = f"interrupted at epoch {epoch} step {step}; resume with: cnnzoo train --resume"
+        return Interrupted(signum, f"{where} {self.out}" if self.dist.is_main else "")
+
     def epoch(self, epoch: int) -> None:
-        """Train one epoch, evaluate on the validation split, save, report."""
+        """Train one epoch, evaluate on the validation split, save, report; stop after the
+        save when a signal came during the validation or the save."""
+        start = self._start_position()
         self.loaders.train.set_epoch(epoch)
         self._freeze_stem_bias(epoch)
-        self.progress.start_epoch(epoch, self.steps_per_epoch)
+        self.progress.start_epoch(epoch, self.steps_per_epoch, done=start.step)
         stats = train_epoch(
             self.net,
-            self.loaders.train,
+            self.loaders.train.batches(start.step),
             self.optim.optimizer,
             self.criterion,
             self.amp,
@@ -218,6 +284,8 @@ class _Run:
             after_step=self._after_step(epoch),
             dist_info=self.dist,
             on_batch=self.progress.batch if self.progress.wants_batches else None,
+            start=start,
+            on_step=lambda pos: self._on_step(epoch, pos),
         )
         if self.optim.lookahead is not None:
             self.optim.lookahead.end_epoch()
@@ -242,10 +310,14 @@ class _Run:
         # Without a validation set the latest epoch counts as the best (no test-set selection).
         improved = self.state.update_best(val.acc if val else float(epoch))
         self.saver.save(self.state, improved, self.model, self.evaluated, self.optim.state_dict())
+        self.clock.reset()
         if self.dist.is_main:
             self.callbacks.end_epoch(self, row)
             self.progress.end_epoch(row)
         barrier(self.dist)
+        signum, _ = self._decide()
+        if signum:
+            raise self._interrupted(signum, epoch, self.steps_per_epoch)
 
     def result(self, test_best: EvalResult | None, test_last: EvalResult | None) -> RunResult:
         st, has_val = self.state, self.loaders.val is not None

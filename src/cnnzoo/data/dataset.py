@@ -20,6 +20,7 @@ class Dataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str = ""  # where it came from: the archive or folder, or "synthetic:N" (generated)
+    md5: str | None = None  # of the archive read; None for a folder or generated data
 
     @property
     def num_classes(self) -> int:

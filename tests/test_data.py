@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -44,12 +45,45 @@ def test_decoded_cache_is_reused(fake_archive: Path, tmp_path: Path, monkeypatch
     assert ds.train_x.shape[0] == 50000
 
 
+def test_the_archive_md5_is_recorded_and_reported(
+    fake_archive: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The dataset carries its archive's md5 (decoded or read from the cache), a run records
+    it in config.json, and the report names the archive by path and md5."""
+    import hashlib
+
+    import cnnzoo.data.cifar as cifar
+    from cnnzoo.analysis.report import build_report
+    from cnnzoo.train import TrainConfig, train
+
+    expected = hashlib.md5(fake_archive.read_bytes(), usedforsecurity=False).hexdigest()
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
+    cifar._md5_of.cache_clear()
+    assert load_dataset("cifar10", fake_archive, quiet=True).md5 == expected  # decoded
+    cifar._md5_of.cache_clear()
+    assert load_dataset("cifar10", fake_archive, quiet=True).md5 == expected  # from the cache
+    assert load_dataset("cifar10", "synthetic:64").md5 is None
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        model="resnet20", data=str(fake_archive), subset=16, val=16, batch_size=16, epochs=2,
+        stop_after=1, precision="fp32", threads=1, quiet=True, out=str(run),
+    )  # fmt: skip
+    train(cfg)  # stopped after epoch 1: no pass over the 10,000 test images
+    config = json.loads((run / "config.json").read_text())
+    assert config["data_source"] == str(fake_archive)
+    assert config["data_md5"] == expected
+    page = build_report([run], tmp_path / "report.html").read_text()
+    assert f"data: <code>{config['data_source']}</code> (md5 <code>{expected}</code>)" in page
+
+
 def test_reads_extracted_folder(fake_archive: Path, tmp_path: Path) -> None:
     with tarfile.open(fake_archive) as tar:
         tar.extractall(tmp_path, filter="data")
     a = load_dataset("cifar10", tmp_path, quiet=True)  # the folder holding cifar-10-batches-py
     b = load_dataset("cifar10", tmp_path / "cifar-10-batches-py", quiet=True)
     assert torch.equal(a.test_y, b.test_y)
+    assert a.md5 is None  # a folder has no archive md5
 
 
 def test_wrong_image_count_is_a_clear_error(tmp_path: Path) -> None:

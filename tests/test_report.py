@@ -40,8 +40,8 @@ def test_html_is_self_contained(dirs: tuple[Path, Path], tmp_path: Path, capsys)
     assert code == 0, err
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    # no reference to anything outside the file
-    assert not re.search(r"(src|href)=['\"](?!data:)", page)
+    # no reference to anything outside the file (links of the contents stay inside the page)
+    assert not re.search(r"(src|href)=['\"](?!data:|#)", page)
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     # comparison curves, then per run (twice: via exp/runs and directly): curves, gradflow,
     # confusion
@@ -63,6 +63,44 @@ def test_markdown_links_figures_beside_it(dirs: tuple[Path, Path], tmp_path: Pat
     for link in links:
         assert not Path(link).is_absolute() and (out.parent / link).stat().st_size > 0
     assert "| model | resnet20 |" in md
+
+
+def test_contents_open_a_report_of_several_runs(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from cnnzoo.analysis.report import build_report
+
+    run, exp = dirs
+    single = build_report([run], tmp_path / "one.html").read_text()
+    assert "<nav>" not in single  # one run: no contents
+    page = build_report([exp, run], tmp_path / "two.html").read_text()
+    nav = page[page.index("<nav>") : page.index("</nav>")]
+    assert page.index("<nav>") < page.index("<h1 id=")  # the contents come first
+    links = re.findall(r"<a href='#([^']+)'>([^<]+)</a>", nav)
+    # the experiment, its run, then the run given directly: each link lands on its heading
+    assert [text for _, text in links] == [
+        f"compare: {exp}",
+        "run resnet20-s0: resnet20",
+        "run resnet20-s0: resnet20",
+    ]
+    for anchor, text in links:
+        assert re.search(rf"<h[12] id='{anchor}'>{re.escape(text)}</h[12]>", page), anchor
+
+
+def test_each_run_names_its_data(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Generated data is named as such; an archive by path and md5 (tests/test_data.py trains
+    on one), and a run from before the source was recorded says so."""
+    from cnnzoo.analysis.report import build_report, data_line
+
+    run, _ = dirs
+    page = build_report([run], tmp_path / "r.html").read_text()
+    # --data synthetic: the generator's default size
+    assert "<p>data: <code>synthetic:2000 (generated, seed 0)</code></p>" in page
+    md = build_report([run], tmp_path / "r.md").read_text()
+    assert "data: `synthetic:2000 (generated, seed 0)`" in md
+    assert data_line({"data_source": "/d/c.tar.gz", "data_md5": "ab12"}) == (
+        "data: `/d/c.tar.gz` (md5 `ab12`)"
+    )
+    assert data_line({"data_source": "/d/folder", "data_md5": None}) == "data: `/d/folder`"
+    assert "not recorded" in data_line({})
 
 
 @pytest.mark.parametrize(

@@ -373,6 +373,25 @@ def test_progress_bar_reads_the_running_stats_only_when_it_redraws(capsys) -> No
     assert progress.bar.n == 200 and len(calls) <= 2
 
 
+def test_progress_draws_a_bar_in_jupyter_but_not_into_a_pipe(monkeypatch) -> None:
+    """A Jupyter kernel's stdout is no terminal, yet gets a bar (tqdm.auto's); a pipe or a log
+    file (pytest's captured stdout here) gets the epoch lines only."""
+    import sys
+    import types
+
+    from cnnzoo.train.progress import Progress, in_notebook
+
+    assert not in_notebook() and not Progress(1).tty
+    kernel = types.SimpleNamespace(config={"IPKernelApp": {}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
+    assert in_notebook() and Progress(1).tty
+    terminal = types.SimpleNamespace(config={"TerminalIPythonApp": {}})  # IPython, no kernel
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: terminal))
+    assert not in_notebook()
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
+    assert not in_notebook()  # IPython imported, no shell running
+
+
 def test_tensorboard_writer_is_closed_however_the_run_ends(tmp_path: Path, monkeypatch) -> None:
     from cnnzoo.train import callbacks
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cnnzoo.analysis.zoo import plot_zoo, zoo_markdown
+from cnnzoo.analysis.zoo import architecture_rows, plot_zoo, zoo_markdown
 from cnnzoo.commands.models import model_rows
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UnknownModelError, UserError
 from helpers import run_main
 
 
@@ -36,6 +36,17 @@ def test_table_has_one_row_per_model_with_year_depth_feature() -> None:
     assert len(body) == len(rows)
     for r, line in zip(rows, body, strict=True):
         assert f"| {r['depth']} | {r['year']} |" in line and r["key_feature"] in line
+
+
+def test_architecture_rows_keep_the_order_given() -> None:
+    """The notebook's table names its own models, in its own order (the reference notebook's)."""
+    rows = architecture_rows(["resnet20", "plain20"])
+    assert [r["name"] for r in rows] == ["resnet20", "plain20"]
+    # option-A shortcuts have no weights: the twins differ only in the skips
+    assert rows[0]["params"] == rows[1]["params"] == 269_722
+    assert rows[0]["key_feature"] != rows[1]["key_feature"]
+    with pytest.raises(UnknownModelError):
+        architecture_rows(["resnet21"])
 
 
 def test_no_rows_is_a_user_error(tmp_path: Path) -> None:

@@ -31,7 +31,6 @@ CONFIG_KEYS = (
     "model",
     "model_kwargs",
     "dataset",
-    "data_source",
     "epochs",
     "batch_size",
     "lr",
@@ -67,6 +66,7 @@ class Block:
     text: str = ""
     rows: list[list[str]] | None = None
     path: Path | None = None
+    run: bool = False  # a heading that opens one training run (the contents count them)
 
 
 def is_run(path: Path) -> bool:
@@ -84,6 +84,15 @@ def _kv_table(d: dict[str, Any], keys: tuple[str, ...]) -> list[list[str]]:
     return rows
 
 
+def data_line(config: dict[str, Any]) -> str:
+    """What a run trained on: the archive's path and md5, the folder's path, or 'synthetic:N'."""
+    source = config.get("data_source")
+    if not source:
+        return "data: not recorded (a run from before cnnzoo recorded its data source)"
+    md5 = config.get("data_md5")
+    return f"data: `{source}`" + (f" (md5 `{md5}`)" if md5 else "")
+
+
 def run_blocks(run: Path, assets: Path, level: str = "h2") -> list[Block]:
     """Config, summary, curves, gradient flow and confusion matrix of one training run."""
     from cnnzoo.analysis.compare import Run, plot_curves
@@ -91,7 +100,7 @@ def run_blocks(run: Path, assets: Path, level: str = "h2") -> list[Block]:
     rundir = RunDir(run)
     config, summary = rundir.config(), rundir.summary() or {}
     model = config.get("model", run.name)
-    blocks = [Block(level, f"run {run.name}: {model}")]
+    blocks = [Block(level, f"run {run.name}: {model}", run=True), Block("text", data_line(config))]
     blocks.append(Block("table", rows=_kv_table(config, CONFIG_KEYS)))
     if summary:
         blocks.append(Block("table", rows=_kv_table(summary, SUMMARY_KEYS)))
@@ -193,6 +202,7 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 figcaption { font-size: 0.9em; color: #555; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
 h1 { border-bottom: 2px solid #ddd; margin-top: 1.6em; } h2 { margin-top: 1.4em; }
+nav ul { list-style: none; padding-left: 0; } nav li.h2 { padding-left: 1.5em; }
 """
 
 
@@ -245,15 +255,29 @@ def _markdown_html(md: str) -> str:
     return "".join(out)
 
 
+def _contents(blocks: list[Block]) -> str:
+    """A short table of contents (the h1 and h2 headings, linked to their ``id=sec-N``) when the
+    report holds several runs; nothing for a single run."""
+    if sum(b.run for b in blocks) < 2:
+        return ""
+    items = [
+        f"<li class='{b.kind}'><a href='#sec-{i}'>{html.escape(b.text)}</a></li>\n"
+        for i, b in enumerate(blocks)
+        if b.kind in ("h1", "h2")
+    ]
+    return "<nav>\n<h2>Contents</h2>\n<ul>\n" + "".join(items) + "</ul>\n</nav>\n"
+
+
 def to_html(blocks: list[Block], title: str) -> str:
     parts = [
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n",
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
         f"<h1>{html.escape(title)}</h1>\n",
+        _contents(blocks),
     ]
-    for b in blocks:
+    for i, b in enumerate(blocks):
         if b.kind in ("h1", "h2", "h3"):
-            parts.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>\n")
+            parts.append(f"<{b.kind} id='sec-{i}'>{html.escape(b.text)}</{b.kind}>\n")
         elif b.kind == "text":
             parts.append(f"<p>{_inline(b.text)}</p>\n")
         elif b.kind == "code":

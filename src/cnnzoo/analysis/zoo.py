@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from cnnzoo.train.rundir import write_text_atomic
 
 
+def architecture_rows(names: Iterable[str], num_classes: int = 10) -> list[dict[str, Any]]:
+    """One row per model (name, params, flops, depth, year, paper, key_feature), in the order
+    given: each model is built once on the CPU to count its parameters and FLOPs."""
+    from cnnzoo.models import count_flops, count_params, create_model, model_info
+
+    rows = []
+    for name in names:
+        info = model_info(name)
+        model = create_model(name, num_classes=num_classes)
+        rows.append(
+            {
+                "name": name,
+                "params": count_params(model),
+                "flops": count_flops(model),
+                "depth": info.depth,
+                "year": info.year,
+                "paper": info.paper,
+                "key_feature": info.key_feature,
+            }
+        )
+    return rows
+
+
 def zoo_markdown(rows: list[dict[str, Any]]) -> str:
-    """Rows of ``cnnzoo.commands.models.model_rows`` as a Markdown table."""
+    """Rows of ``architecture_rows`` as a Markdown table."""
     head = (
         "| model | parameters | GFLOPs | depth | year | paper | key feature |\n"
         "|---|---:|---:|---:|---:|---|---|\n"

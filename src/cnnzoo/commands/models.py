@@ -20,29 +20,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def model_rows(pattern: str | None = None, num_classes: int = 10) -> list[dict[str, Any]]:
-    """One row per model: built once on the CPU to count parameters and FLOPs."""
+    """One row per model matching ``pattern`` (``cnnzoo.analysis.zoo.architecture_rows``)."""
+    from cnnzoo.analysis.zoo import architecture_rows
     from cnnzoo.errors import UserError
-    from cnnzoo.models import count_flops, count_params, create_model, list_models, model_info
+    from cnnzoo.models import list_models
 
     names = list_models(pattern)
     if not names:
         raise UserError(f"no model matches {pattern!r}")
-    rows = []
-    for name in names:
-        info = model_info(name)
-        model = create_model(name, num_classes=num_classes)
-        rows.append(
-            {
-                "name": name,
-                "params": count_params(model),
-                "flops": count_flops(model),
-                "depth": info.depth,
-                "year": info.year,
-                "paper": info.paper,
-                "key_feature": info.key_feature,
-            }
-        )
-    return rows
+    return architecture_rows(names, num_classes)
 
 
 def run(args: argparse.Namespace) -> int:

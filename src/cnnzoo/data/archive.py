@@ -87,7 +87,7 @@ def safe_extract(path: Path, dest: Path) -> None:
 def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
     """Download ``url`` to ``dest`` with a progress bar; keep it only if its md5 is ``md5``
     (written through a temp file, so a failed or interrupted download leaves nothing behind)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, the terminal's bar elsewhere
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.md5(usedforsecurity=False)

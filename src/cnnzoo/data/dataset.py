@@ -26,6 +26,7 @@ class Dataset:
     source: str = ""  # where it came from: the archive or folder, or "synthetic:N" (generated)
     val_x: Tensor | None = None
     val_y: Tensor | None = None
+    md5: str | None = None  # of the archive read; None for a folder or generated data
 
     @property
     def num_classes(self) -> int:

@@ -1,4 +1,5 @@
-"""Progress output: a bar on a terminal, plain log lines otherwise, nothing with --quiet."""
+"""Progress output: a bar on a terminal or in Jupyter, plain log lines otherwise (a pipe, a log
+file), nothing with --quiet."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ class Progress:
     def __init__(self, total_epochs: int, quiet: bool = False, enabled: bool = True) -> None:
         self.total_epochs = total_epochs
         self.quiet = quiet or not enabled
-        self.tty = sys.stdout.isatty()
+        # a notebook's stdout is no terminal, yet shows a bar: tqdm.auto draws it (a widget)
+        self.tty = sys.stdout.isatty() or in_notebook()
         self.bar = None
         self._t0 = self._drawn = 0.0
         self._walls: list[float] = []  # wall seconds of the epochs of this invocation
@@ -28,7 +30,7 @@ class Progress:
         self._t0 = self._drawn = time.perf_counter()
         if self.quiet or not self.tty:
             return
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # the terminal's tqdm outside Jupyter
 
         self.bar = tqdm(
             total=steps,
@@ -74,6 +76,13 @@ class Progress:
     @property
     def wants_batches(self) -> bool:
         return self.bar is not None
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (the test ``tqdm.auto`` makes to pick its notebook bar)."""
+    ipython = sys.modules.get("IPython")  # never imported here: only a kernel has loaded it
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def run_eta(walls: list[float], epochs_left: int, now: float | None = None) -> str:

@@ -169,6 +169,7 @@ class _Run:
             "val": n_val,
             "num_classes": self.data.num_classes,
             "data_source": self.data.source,  # generated data says so: dataset names the option
+            "data_md5": self.data.md5,  # the archive's (None for a folder or generated data)
             "world_size": self.dist.world_size,
             "train_images": n_train,
             "steps_per_epoch": self.steps_per_epoch,

@@ -2,8 +2,8 @@
 
 Image policy (``load_image``), applied to every file whatever its size and mode:
 
-1. Decode with Pillow (PNG, JPEG, GIF, BMP, WebP, TIFF, ...; the first frame of an animation) and
-   apply the EXIF orientation, so a photo is classified the way it is displayed.
+1. Decode with Pillow (PNG, JPEG, GIF, BMP, WebP, TIFF: ``FORMATS``; the first frame of an
+   animation) and apply the EXIF orientation, so a photo is classified the way it is displayed.
 2. Convert to RGB. Grayscale is repeated over the three channels; a palette is expanded;
    **transparency is composited onto white** (RGBA, LA and palette images with a transparent
    colour), so a transparent background does not turn into black; CMYK/YCbCr are converted.
@@ -18,6 +18,7 @@ Image policy (``load_image``), applied to every file whatever its size and mode:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ import torch
 from cnnzoo.errors import UserError
 
 SIZE = 32
+# The formats predict opens (Pillow's names; "JPEG" includes the MPO JPEGs of many cameras).
+# Pillow knows more, but each is more decoder code facing the file, and EPS runs Ghostscript.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 
 
 def load_image(path: str | os.PathLike, size: int = SIZE) -> torch.Tensor:
@@ -44,15 +48,24 @@ def load_image(path: str | os.PathLike, size: int = SIZE) -> torch.Tensor:
         raise UserError("no such file")
     if path.is_dir():
         raise UserError("is a directory, not an image")
+    if not path.is_file():  # opening a pipe or a device would wait for data forever
+        raise UserError("not a regular file (a pipe, a device or a socket)")
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()  # decode now: truncated or corrupt data fails here, not later
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im)
+        with warnings.catch_warnings():
+            # Pillow warns about damaged metadata it skips (EXIF, TIFF tags): the pixels still
+            # decode, so the warning would only be a second stderr line. Between
+            # MAX_IMAGE_PIXELS and twice that it only warns of a decompression bomb: refuse
+            # there too, rather than spend seconds and gigabytes on it.
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as im:
+                im.seek(0)
+                im.load()  # decode now: truncated or corrupt data fails here, not later
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(im)
     except UnidentifiedImageError:
-        raise UserError("not an image Pillow can read") from None
-    except Image.DecompressionBombError as err:
+        raise UserError(f"not an image in a format cnnzoo reads ({', '.join(FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise UserError(f"image too large: {err}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # Pillow's decoders use these
         raise UserError(f"cannot decode image: {err}") from None

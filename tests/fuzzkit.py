@@ -7,14 +7,15 @@ Contract, per input (``check_contract``):
   is a bug;
 - it warns nothing (the CLI would print the warning: more than the promised line);
 - it answers within ``CNNZOO_FUZZ_INPUT_SECONDS`` (default 10 s; a SIGALRM timer, so a blocked
-  ``open()`` or a runaway Python loop is caught as a hang);
+  ``open()`` or a long decode is caught as a ``Hang``);
 - nothing outside the target folder appears, changes or disappears (the folder around the target
   is listed, recursively, before and after).
 
-``fuzz(name, strategy, body)`` feeds Hypothesis examples to ``body`` for ``CNNZOO_FUZZ_SECONDS``
-(default 60) and returns a ``Tally`` of the inputs tried. A new reader becomes a fuzz target in
-a few lines: a strategy that writes an input under the target folder, and a body that calls
-``check_contract(lambda: reader(path), target)`` and returns its ``outcome``.
+``fuzz(name, strategy, body, keep)`` feeds Hypothesis examples to ``body`` for
+``CNNZOO_FUZZ_SECONDS`` (default 60) and returns a ``Tally`` of the inputs tried. A new reader
+(an image-folder dataset, say) becomes a fuzz target in a few lines: a strategy that writes an
+input under the target folder, and a body that calls ``check_contract(lambda: reader(path),
+target)`` and returns its ``outcome``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import signal
 import struct
@@ -58,6 +60,11 @@ class ContractBroken(AssertionError):
 class _Hang(BaseException):
     """Raised by the alarm: a BaseException, so the product's ``except Exception`` cannot turn
     a hang into an ordinary error."""
+
+
+class Hang(BaseException):
+    """An input that hung. Not an Exception, so Hypothesis stops at once instead of shrinking
+    (each shrinking step would wait the full time limit again); ``fuzz`` keeps the input."""
 
 
 @contextlib.contextmanager
@@ -112,7 +119,7 @@ def check_contract(call: Callable[[], Any], target: Path) -> Any:
     except _Hang:
         hung = True
     if hung:
-        raise ContractBroken(f"no answer within {seconds:g} s (a hang)")
+        raise Hang(f"no answer within {seconds:g} s")
     if caught:  # the CLI would print it: more than the one line (or the result) promised
         w = caught[0]
         raise ContractBroken(f"warned {w.category.__name__}: {w.message}")
@@ -155,16 +162,21 @@ class Tally:
                 f.write(json.dumps(row) + "\n")
 
 
-def fuzz(name: str, strategy: st.SearchStrategy, body: Callable[[Any], str]) -> Tally:
+def fuzz(name: str, strategy: st.SearchStrategy, body: Callable[[Any], str], keep: Path) -> Tally:
     """Feed examples of ``strategy`` to ``body`` (which returns ``RESULT`` or ``ERROR``) for
     ``budget_seconds()``. Hypothesis has no time budget, so it runs in rounds sized from the
-    measured rate; a failure is shrunk and reported by Hypothesis as usual."""
+    measured rate; a failure is shrunk and reported by Hypothesis as usual, except a hang,
+    whose input is pickled to ``keep / 'hang.pickle'`` (unshrunk)."""
     tally = Tally(name)
     start = time.monotonic()
     end = start + budget_seconds()
 
     def one(case: Any) -> None:
-        kind = body(case)
+        try:
+            kind = body(case)
+        except Hang as err:
+            (keep / "hang.pickle").write_bytes(pickle.dumps(case))
+            raise Hang(f"{err} on {case!r} (kept in {keep / 'hang.pickle'})") from None
         tally.counts[kind] += 1
 
     while (left := end - time.monotonic()) > 0:

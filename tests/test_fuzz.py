@@ -268,7 +268,7 @@ def test_fuzz_cifar_reader(tmp_path: Path, monkeypatch, capsys) -> None:
             _check_dataset(out)
         return outcome(out)
 
-    tally = fuzz("CIFAR reader", archive_case(evil), body)
+    tally = fuzz("CIFAR reader", archive_case(evil), body, keep=tmp_path)
     tally.record()
     with capsys.disabled():
         print("\n" + tally.line())
@@ -395,7 +395,7 @@ def test_fuzz_image_loader(tmp_path: Path, capsys) -> None:
             assert out.shape == (32, 32, 3) and out.dtype == torch.uint8
         return outcome(out)
 
-    tally = fuzz("predict image loader", image_case(), body)
+    tally = fuzz("predict image loader", image_case(), body, keep=tmp_path)
     tally.record()
     with capsys.disabled():
         print("\n" + tally.line())
@@ -407,7 +407,8 @@ def test_fuzz_image_loader(tmp_path: Path, capsys) -> None:
 
 
 def _fixed_images(folder: Path) -> list[Path]:
-    """Hostile images from a fixed seed: mutated encodings, a bomb header, special files."""
+    """Hostile images from a fixed seed (mutated encodings, a bomb header, special files) and
+    one good image."""
     rng = random.Random(15)
     files = []
     for i, fmt in enumerate(["PNG", "JPEG", "GIF", "BMP", "WEBP"]):
@@ -415,6 +416,9 @@ def _fixed_images(folder: Path) -> list[Path]:
         Image.new("RGB", (20, 12), (i * 40, 90, 200)).save(buf, format=fmt)
         blob = mutate(buf.getvalue(), [("truncate", len(buf.getvalue()) // 2, b"")])
         files.append((f"cut{i}.{fmt.lower()}", mutate(blob, random_mutations(rng, 2))))
+    good = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 90)).save(good, format="PNG")
+    files.append(("good.png", good.getvalue()))  # classified, beside the failures
     files.append(("bomb.png", png_header(30_000, 30_000)))
     files.append(("text.jpg", b"hello\n"))
     files.append(("empty.png", b""))
@@ -443,6 +447,7 @@ def test_cli_predict_fuzzed_files(tmp_path: Path) -> None:
     failed = [r["file"] for r in rows if "error" in r]
     assert len(lines) == len(failed) > 0  # one line per failed file, each naming it
     assert all(f in ln for f, ln in zip(failed, lines, strict=True))
+    assert any(r["file"].endswith("good.png") and len(r["top_k"]) == 5 for r in rows)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 

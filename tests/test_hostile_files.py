@@ -222,3 +222,21 @@ def test_tar_members_still_checked_one_by_one(tmp_path):
     path.write_bytes(buf.getvalue())
     with pytest.raises(UserError, match="links and special files"):
         cifar.load_dataset("cifar10", path, quiet=True)
+
+
+def test_thin_strip_is_not_resized_whole(tmp_path):
+    """Was 12 s and gigabytes: a 1 x 1,064,566 PNG (67 bytes) was resized to 32 x 34 million
+    before the centre crop. The long side is now cut around the centre first."""
+    path = tmp_path / "strip.png"
+    path.write_bytes(png_header(1, 1_064_566, color_type=0, idat=b"\0" * 2))
+    with time_limit(5):
+        img = load_image(path)
+    assert img.shape == (32, 32, 3)
+
+
+def test_long_image_keeps_its_centre(tmp_path):
+    """The cut keeps the centre: a 16 x 4000 image, dark but for its middle 32 rows."""
+    im = np.zeros((4000, 16, 3), np.uint8)
+    im[1984:2016] = 250
+    Image.fromarray(im).save(tmp_path / "tall.png")
+    assert (load_image(tmp_path / "tall.png") > 200).all()

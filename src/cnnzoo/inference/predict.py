@@ -9,7 +9,8 @@ Image policy (``load_image``), applied to every file whatever its size and mode:
    colour), so a transparent background does not turn into black; CMYK/YCbCr are converted.
 3. Resize so that the **shorter side is 32 pixels** (bicubic, with Pillow's antialiasing when
    shrinking), keeping the aspect ratio, then **crop the central 32×32**. A 32×32 image is
-   used as it is, pixel for pixel.
+   used as it is, pixel for pixel. (A side more than ``MAX_ASPECT`` times the other is first
+   cut to that ratio around the centre, which the crop keeps.)
 4. Normalise exactly as in training: ``(pixel / 255 - mean) / std`` per channel with the mean
    and std stored in the checkpoint (``cnnzoo.data.normalize``, the function the training loader
    uses).
@@ -33,6 +34,10 @@ SIZE = 32
 # The formats predict opens (Pillow's names; "JPEG" includes the MPO JPEGs of many cameras).
 # Pillow knows more, but each is more decoder code facing the file, and EPS runs Ghostscript.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+# A side longer than this many times the other is first cut around the centre (the crop keeps
+# only the centre anyway): resizing a 1 x 1,000,000 strip whole would build a 32 x 32,000,000
+# image (3 GB, many seconds) to keep 32 x 32 of it.
+MAX_ASPECT = 64
 
 
 def load_image(path: str | os.PathLike, size: int = SIZE) -> torch.Tensor:
@@ -72,6 +77,9 @@ def load_image(path: str | os.PathLike, size: int = SIZE) -> torch.Tensor:
     w, h = rgb.size
     if w < 1 or h < 1:
         raise UserError("empty image")
+    if max(w, h) > MAX_ASPECT * min(w, h):  # only the centre is kept: cut the long side first
+        rgb = _centre(rgb, min(w, h), MAX_ASPECT * min(w, h))
+        w, h = rgb.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     if (new_w, new_h) != (w, h):
@@ -79,6 +87,16 @@ def load_image(path: str | os.PathLike, size: int = SIZE) -> torch.Tensor:
     left, top = (new_w - size) // 2, (new_h - size) // 2
     rgb = rgb.crop((left, top, left + size, top + size))
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
+
+
+def _centre(im, short: int, long: int):
+    """The central ``long`` x ``short`` (or ``short`` x ``long``) part of a very long image."""
+    w, h = im.size
+    if w > h:
+        left = (w - long) // 2
+        return im.crop((left, 0, left + long, h))
+    top = (h - long) // 2
+    return im.crop((0, top, w, top + long))
 
 
 def _to_rgb(im):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import posixpath
 import sys
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 from cnnzoo.atomic import atomic_open
@@ -23,8 +25,44 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# CIFAR's largest file (CIFAR-100's ``train``) is 155 MB. A larger member is refused before it
+# is read: a few compressed kilobytes can declare gigabytes (a decompression bomb).
+MAX_MEMBER_BYTES = 256 << 20
+
+
+# pax and GNU long-name headers carry a few hundred bytes of names and attributes.
+MAX_HEADER_BYTES = 1 << 20
+_EXTENDED = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo whose size is checked as soon as its header is parsed. tarfile reads the data
+    of a pax or GNU long-name header into memory whole, inside ``tarfile.open``, before any
+    member is returned: a forged size of 2**60 would be a MemoryError there, or gigabytes.
+    (``_proc_member`` is the hook tarfile calls for every header; ``tarinfo=`` is public.)"""
+
+    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_size(self, MAX_HEADER_BYTES if self.type in _EXTENDED else MAX_MEMBER_BYTES)
+        return super()._proc_member(tarfile)
+
+
+def _check_size(member: tarfile.TarInfo, limit: int) -> None:
+    if member.size > limit:
+        raise UserError(
+            f"archive member {member.name!r} declares {member.size} bytes, more than any CIFAR "
+            f"file or tar header ({limit} bytes at most)"
+        )
+
+
 def check_member(member: tarfile.TarInfo) -> None:
-    """Refuse absolute paths, ``..`` components, and links or special files.
+    """Refuse absolute paths, ``..`` components, links or special files, and members larger
+    than ``MAX_MEMBER_BYTES``.
 
     CIFAR archives hold only regular files and folders, so anything else is refused outright.
     """
@@ -36,6 +74,7 @@ def check_member(member: tarfile.TarInfo) -> None:
         raise UserError(f"unsafe archive member {name!r}: path leaves the target folder")
     if not (member.isfile() or member.isdir()):
         raise UserError(f"unsafe archive member {name!r}: links and special files are refused")
+    _check_size(member, MAX_MEMBER_BYTES)  # again: a sparse member's size is known only now
 
 
 def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
@@ -46,21 +85,29 @@ def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
     """
     out: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()  # reads the whole archive: truncation shows up here
-            for m in members:
+        with tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo) as tar:
+            members = []
+            # Header by header to the end (truncation shows up here): a bad member is refused
+            # before anything after its header is decompressed.
+            for m in tar:
                 check_member(m)
+                members.append(m)
             for m in members:
                 base = posixpath.basename(m.name)
                 if m.isfile() and base in wanted:
                     f = tar.extractfile(m)
                     assert f is not None
                     out[base] = f.read()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+    except _READ_ERRORS as err:
         raise UserError(
             f"cannot read archive {path}: {_one_line(err)} (truncated or corrupt?)"
         ) from None
     return out
+
+
+# How a damaged archive fails: tarfile's own errors, truncation, and the decompressors' errors
+# that tarfile passes through (lzma and zlib raise their own types, not OSError).
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError, zlib.error)
 
 
 def _one_line(err: BaseException) -> str:
@@ -75,12 +122,12 @@ def safe_extract(path: Path, dest: Path) -> None:
     """Extract a tar archive into ``dest`` after checking every member (see ``check_member``)."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo) as tar:
             members = tar.getmembers()
             for m in members:
                 check_member(m)
             tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as err:
+    except _READ_ERRORS as err:
         raise UserError(f"cannot extract archive {path}: {_one_line(err)}") from None
 
 

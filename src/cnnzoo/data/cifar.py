@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnzoo.data.archive import download, md5sum, read_tar_members
+from cnnzoo.data import safe_pickle
 from cnnzoo.data.cache import load_or_build
+from cnnzoo.data.archive import MAX_MEMBER_BYTES, download, md5sum, read_tar_members
 from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.folder import is_image_folder, layout_hint, load_image_folder
 from cnnzoo.data.images import SIZE
@@ -43,6 +43,8 @@ class Spec:
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    train_images: int = 50000
+    test_images: int = 10000
 
 
 DATASETS: dict[str, Spec] = {
@@ -168,14 +170,7 @@ def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
 
 
 def _decode(spec: Spec, source: Path, quiet: bool) -> dict[str, np.ndarray]:
-    wanted = {*spec.train_files, spec.test_file, spec.meta_file}
-    if source.is_file():
-        blobs = read_tar_members(source, wanted)  # a corrupt or unsafe archive fails here
-    else:
-        blobs = {f: (source / f).read_bytes() for f in wanted if (source / f).is_file()}
-    missing = sorted(wanted - set(blobs))
-    if missing:
-        raise UserError(f"{source} lacks {', '.join(missing)}; is it the {spec.archive} layout?")
+    blobs = _read_files(spec, source)
     if source.is_file():  # warned only once the archive has read: a bad one gets one error line
         digest = archive_md5(source)
         if digest != spec.md5 and not quiet:
@@ -184,27 +179,15 @@ def _decode(spec: Spec, source: Path, quiet: bool) -> dict[str, np.ndarray]:
                 "(a rebuilt or modified copy); using it anyway",
                 file=sys.stderr,
             )
-
-    def unpickle(blob: bytes) -> dict:
-        try:
-            # The official files are Python-2 pickles of numpy arrays; they come from the dataset
-            # authors (or the user's own copy), as with torchvision's loader.
-            return pickle.loads(blob, encoding="latin1")
-        except Exception as err:
-            raise UserError(f"corrupt batch file in {source}: {err}") from None
-
-    def images(d: dict) -> np.ndarray:  # rows are R(1024) G(1024) B(1024) -> (N, 32, 32, 3)
-        return np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-
-    train = [unpickle(blobs[f]) for f in spec.train_files]
-    test = unpickle(blobs[spec.test_file])
-    meta = unpickle(blobs[spec.meta_file])
+    files = {name: _unpickle(blob, f"{name} in {source}") for name, blob in blobs.items()}
+    train = [_batch(spec, files[f], f"{f} in {source}") for f in spec.train_files]
+    test_x, test_y = _batch(spec, files[spec.test_file], f"{spec.test_file} in {source}")
     return {
-        "train_x": np.ascontiguousarray(np.concatenate([images(d) for d in train])),
-        "train_y": np.concatenate([np.asarray(d[spec.label_key]) for d in train]).astype(np.int64),
-        "test_x": np.ascontiguousarray(images(test)),
-        "test_y": np.asarray(test[spec.label_key]).astype(np.int64),
-        "classes": np.asarray(meta[spec.names_key], dtype=str),
+        "train_x": np.ascontiguousarray(np.concatenate([x for x, _ in train])),
+        "train_y": np.concatenate([y for _, y in train]),
+        "test_x": np.ascontiguousarray(test_x),
+        "test_y": test_y,
+        "classes": _class_names(spec, files[spec.meta_file], f"{spec.meta_file} in {source}"),
     }
 
 
@@ -223,12 +206,104 @@ def _md5_of(path: str, size: int, mtime_ns: int) -> str:
     return md5sum(Path(path))  # size and mtime only key the memo: a changed file is read again
 
 
+def _read_files(spec: Spec, source: Path) -> dict[str, bytes]:
+    """The bytes of the batch and meta files, from the archive or the extracted folder."""
+    wanted = {*spec.train_files, spec.test_file, spec.meta_file}
+    if source.is_file():
+        blobs = read_tar_members(source, wanted)  # a corrupt or unsafe archive fails here
+    else:
+        blobs = {}
+        for f in sorted(wanted):
+            if (source / f).is_file():  # a regular file (or a link to one): never a pipe
+                blobs[f] = _read_file(source / f)
+    missing = sorted(wanted - set(blobs))
+    if missing:
+        raise UserError(f"{source} lacks {', '.join(missing)}; is it the {spec.archive} layout?")
+    return blobs
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_MEMBER_BYTES:
+            raise UserError(f"{path} is {size} bytes, larger than any CIFAR file")
+        return path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as a short single line (a crafted file can put newlines in names)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _unpickle(blob: bytes, where: str) -> dict:
+    try:
+        # Python-2 pickles of numpy arrays; safe_pickle resolves no global but numpy's array
+        # constructors, so a crafted file cannot run code.
+        d = safe_pickle.loads(blob)
+    except Exception as err:  # a damaged pickle fails in many ways (ValueError, EOFError, ...)
+        raise UserError(f"corrupt batch file {where}: {_reason(err)}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{where} holds a {type(d).__name__}, not a dict of arrays")
+    # Python-3 copies may key by bytes (b"data"); the official Python-2 files by str
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _batch(spec: Spec, d: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file: its images, uint8 (n, 32, 32, 3), and labels, int64 (n,)."""
+    x = d.get("data")
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "ui" or x.size % 3072:
+        raise UserError(f"{where}: 'data' must be an integer array of rows of 3072 pixels")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise UserError(f"{where}: pixel values outside 0..255")
+    # rows are R(1024) G(1024) B(1024) -> (n, 3, 32, 32) -> (n, 32, 32, 3)
+    images = x.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = _labels(d.get(spec.label_key), f"{where}: '{spec.label_key}'")
+    if len(labels) != len(images):  # else the totals could match while labels shift
+        raise UserError(f"{where}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def _labels(y: object, what: str) -> np.ndarray:
+    """A list of ints (the official files) or a 1-D integer array, as int64."""
+    if isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "ui":
+        return y.astype(np.int64)
+    if isinstance(y, list) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in y
+    ):
+        try:
+            return np.array(y, dtype=np.int64)
+        except OverflowError:
+            raise UserError(f"{what}: a label is out of range") from None
+    raise UserError(f"{what} must be a list of integer labels")
+
+
+MAX_NAME = 200  # characters in a class name: numpy stores every name at the longest one's width
+
+
+def _class_names(spec: Spec, meta: dict, where: str) -> np.ndarray:
+    names = meta.get(spec.names_key)
+    if not (
+        isinstance(names, list)
+        and len(names) == spec.num_classes
+        and all(isinstance(n, (str, bytes)) and len(n) <= MAX_NAME for n in names)
+    ):
+        raise UserError(
+            f"{where}: '{spec.names_key}' must list {spec.num_classes} class names "
+            f"(text of at most {MAX_NAME} characters)"
+        )
+    return np.array([n.decode("latin1") if isinstance(n, bytes) else n for n in names], dtype=str)
+
+
 def _validate(spec: Spec, a: dict[str, np.ndarray], source: Path) -> None:
-    expected = {"train_x": (50000, 32, 32, 3), "test_x": (10000, 32, 32, 3)}
+    n_train, n_test = spec.train_images, spec.test_images
+    expected = {"train_x": (n_train, 32, 32, 3), "test_x": (n_test, 32, 32, 3)}
     for key, shape in expected.items():
         if a[key].shape != shape or a[key].dtype != np.uint8:
             raise UserError(f"{source}: {key} has shape {a[key].shape}, expected {shape} uint8")
-    for key, n in (("train_y", 50000), ("test_y", 10000)):
+    for key, n in (("train_y", n_train), ("test_y", n_test)):
         y = a[key]
         if y.shape != (n,) or y.min() < 0 or y.max() >= spec.num_classes:
             raise UserError(f"{source}: {key} must hold {n} labels in [0, {spec.num_classes})")

@@ -251,17 +251,24 @@ def test_resume_under_torchrun_after_a_crash_matches_an_uninterrupted_run(tmp_pa
     )
     assert crashed.returncode != 0
     assert torch.load(tmp_path / "A" / "last.pt", weights_only=True)["epoch"] == 1
+    rows = _resume_then_compare_with_uninterrupted(tmp_path, args)
+    assert [r["epoch"] for r in rows[0]] == [1, 2]
+    assert (tmp_path / "A" / "summary.json").is_file()
+
+
+def _resume_then_compare_with_uninterrupted(tmp_path, args: list[str]) -> list[list[dict]]:
+    """Resume run A under torchrun, train B = the same run uninterrupted, check their final
+    weights agree; returns both runs' metrics rows."""
     _ok(_torchrun(["-m", "cnnzoo", "train", "--resume", "A"], tmp_path))
     _ok(_torchrun(["-m", "cnnzoo", *args, "--out", "B"], tmp_path))
     a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in "AB")
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 20
     for k, v in b["model"].items():
         assert torch.allclose(a["model"][k].float(), v.float(), atol=1e-5), k
-    rows = [
-        json.loads(line) for line in (tmp_path / "A" / "metrics.jsonl").read_text().splitlines()
+    return [
+        [json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in "AB"
     ]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    assert (tmp_path / "A" / "summary.json").is_file()
 
 
 def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,16 +309,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert last["epoch"] == 1 and last["step"] == 12 and last["in_epoch"]["step"] == 2
     assert last["in_epoch"]["totals"][2].item() == 2 * 64  # both ranks' images, summed
     assert not list((tmp_path / "A").glob(".*.tmp"))
-    _ok(_torchrun(["-m", "cnnzoo", "train", "--resume", "A"], tmp_path))
-    _ok(_torchrun(["-m", "cnnzoo", *args, "--out", "B"], tmp_path))
-    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in "AB")
-    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 20
-    for k, v in b["model"].items():
-        assert torch.allclose(a["model"][k].float(), v.float(), atol=1e-5), k
-    rows = [
-        [json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
-        for r in "AB"
-    ]
+    rows = _resume_then_compare_with_uninterrupted(tmp_path, args)
     assert [r["epoch"] for r in rows[0]] == [1, 2]
     for got, want in zip(*rows, strict=True):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-9)

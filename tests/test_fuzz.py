@@ -1,4 +1,5 @@
-"""Fuzzing the readers of user files: the CIFAR archive/folder reader and predict's image loader.
+"""Fuzzing the readers of user files: the CIFAR archive/folder reader, predict's image loader
+and the image-folder reader.
 
 Every input must end as a result or as the product's one-line ``UserError``, within the per-input
 time limit, writing nothing outside its target folder (``fuzzkit.check_contract``). Each target
@@ -396,6 +397,68 @@ def test_fuzz_image_loader(tmp_path: Path, capsys) -> None:
         return outcome(out)
 
     tally = fuzz("predict image loader", image_case(), body, keep=tmp_path)
+    tally.record()
+    with capsys.disabled():
+        print("\n" + tally.line())
+    assert tally.counts[RESULT] > 0 and tally.counts[ERROR] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) image folders (``--data PATH`` in the ImageFolder layout): odd class names, splits that
+# disagree, and the image cases above as their files.
+
+EXTENSIONS_OK = st.sampled_from([".png", ".jpg", ".JPEG", ".gif", ".bmp", ".webp", ".tiff"])
+CLASS_NAMES = st.sampled_from(["cat", "dog", "a b", "ü", ".hidden", "x" * 120, "1", "-", "é,;"])
+
+
+@st.composite
+def folder_case(draw) -> dict[str, dict[str, list[tuple[str, bytes, str]]]]:
+    """{split: {class: [image cases]}}: train/ always (maybe empty), val/ and test/ sometimes."""
+    splits = ["train"] + [s for s in ("val", "test") if draw(st.booleans())]
+    case = {}
+    for split in splits:
+        names = draw(st.lists(CLASS_NAMES, max_size=3, unique=True))
+        # half the files readable as they are, so that whole datasets are reached too
+        files = st.lists(
+            image_case() | st.tuples(st.just("file"), encoded_image(), EXTENSIONS_OK), max_size=3
+        )
+        case[split] = {c: draw(files) for c in names}
+    return case
+
+
+def _write_image_folder(root: Path, case: dict) -> None:
+    for split, classes in case.items():
+        (root / split).mkdir(parents=True)
+        for name, images in classes.items():
+            (root / split / name).mkdir()
+            for i, (kind, blob, ext) in enumerate(images):
+                write_image_case(root / split / name / f"img{i}{ext}", kind, blob)
+
+
+def test_fuzz_image_folder_reader(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Image folders with hostile files and layouts: a Dataset of 32×32 images whose labels
+    name its classes, or one error line."""
+    target = tmp_path / "target"
+    target.mkdir()
+    cache = target / "cache"
+    monkeypatch.setenv("CNNZOO_CACHE", str(cache))
+    counter = iter(range(1 << 62))
+
+    def body(case: dict) -> str:
+        root = target / f"case{next(counter)}"
+        _write_image_folder(root, case)
+        try:
+            out = check_contract(lambda: cifar.load_dataset("cifar10", root, quiet=True), target)
+        finally:
+            shutil.rmtree(root)
+            shutil.rmtree(cache, ignore_errors=True)
+        if outcome(out) == RESULT:
+            assert out.train_x.ndim == 4 and out.train_x.shape[1:] == (32, 32, 3)
+            assert out.train_x.dtype == torch.uint8 and len(out.train_y) == len(out.train_x)
+            assert int(out.train_y.max()) < len(out.classes) and len(out.test_y) > 0
+        return outcome(out)
+
+    tally = fuzz("image folder reader", folder_case(), body, keep=tmp_path)
     tally.record()
     with capsys.disabled():
         print("\n" + tally.line())

@@ -1,6 +1,6 @@
 """FastNet training-step throughput by width and batch size, as ratios to recipe ``fast``'s
 shape (``fastnet`` at batch 1024) measured in the same run: the measurement behind
-``fastnet_small`` and the ``fast-cpu`` recipe's batch of 128.
+``fastnet_small`` and the ``fast-cpu`` recipe's batch of 256.
 
 Each variant times whole SGD steps (forward, label-smoothed loss, backward, Nesterov update) on
 random inputs, channels_last, in the precision ``--precision auto`` picks for this CPU, for
@@ -24,8 +24,8 @@ DEFAULT_VARIANTS = (
     "fastnet:1024",  # the baseline: recipe "fast"
     "fastnet:256",
     "fastnet:128",
-    "fastnet_small:256",
-    "fastnet_small:128",  # recipe "fast-cpu"
+    "fastnet_small:256",  # recipe "fast-cpu"
+    "fastnet_small:128",
     "fastnet_small:128:32,128,128",
 )
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from cnnzoo.data import safe_pickle
-from cnnzoo.data.cache import load_or_build
 from cnnzoo.data.archive import MAX_MEMBER_BYTES, download, md5sum, read_tar_members
+from cnnzoo.data.cache import load_or_build
 from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.folder import is_image_folder, layout_hint, load_image_folder
 from cnnzoo.data.images import SIZE

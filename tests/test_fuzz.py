@@ -238,6 +238,14 @@ def _check_dataset(ds) -> None:
     assert len(ds.classes) == 10
 
 
+def _report(tally, capsys) -> None:
+    """Record and print how many inputs a target tried; both ends of the contract were reached."""
+    tally.record()
+    with capsys.disabled():
+        print("\n" + tally.line())
+    assert tally.counts[RESULT] > 0 and tally.counts[ERROR] > 0
+
+
 def test_fuzz_cifar_reader(tmp_path: Path, monkeypatch, capsys) -> None:
     """Mutated CIFAR archives and folders: a Dataset of the right shapes, or one error line."""
     target = tmp_path / "target"
@@ -270,10 +278,7 @@ def test_fuzz_cifar_reader(tmp_path: Path, monkeypatch, capsys) -> None:
         return outcome(out)
 
     tally = fuzz("CIFAR reader", archive_case(evil), body, keep=tmp_path)
-    tally.record()
-    with capsys.disabled():
-        print("\n" + tally.line())
-    assert tally.counts[RESULT] > 0 and tally.counts[ERROR] > 0  # both ends were reached
+    _report(tally, capsys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,10 +402,7 @@ def test_fuzz_image_loader(tmp_path: Path, capsys) -> None:
         return outcome(out)
 
     tally = fuzz("predict image loader", image_case(), body, keep=tmp_path)
-    tally.record()
-    with capsys.disabled():
-        print("\n" + tally.line())
-    assert tally.counts[RESULT] > 0 and tally.counts[ERROR] > 0
+    _report(tally, capsys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,10 +461,7 @@ def test_fuzz_image_folder_reader(tmp_path: Path, monkeypatch, capsys) -> None:
         return outcome(out)
 
     tally = fuzz("image folder reader", folder_case(), body, keep=tmp_path)
-    tally.record()
-    with capsys.disabled():
-        print("\n" + tally.line())
-    assert tally.counts[RESULT] > 0 and tally.counts[ERROR] > 0
+    _report(tally, capsys)
 
 
 # ---------------------------------------------------------------------------------------------

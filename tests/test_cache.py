@@ -30,7 +30,8 @@ def fresh(archive: Path) -> str:
     a = cifar._decode(spec, archive, quiet=True)
     classes = [str(c) for c in a.pop("classes")]
     tensors = {k: torch.from_numpy(v) for k, v in a.items()}
-    return digest(cifar._to_dataset("cifar10", spec, tensors, classes, archive))
+    md5 = cifar.archive_md5(archive)
+    return digest(cifar._to_dataset("cifar10", spec, tensors, classes, archive, md5))
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         help="override the recipe's flip mode",
     )
-    p.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON, e.g. for widths")
+    p.add_argument(
+        "--model-kwargs", type=json.loads, help="JSON, e.g. for widths (replaces the recipe's)"
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
@@ -153,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = getattr(args, key)
     if args.compile:
         overrides["compile"] = True
-    flops = count_flops(
-        create_model(args.model, **args.model_kwargs)
-    )  # forward FLOPs per 32×32 image
+    flops = count_flops(  # forward FLOPs per 32×32 image
+        create_model(args.model, **_model_kwargs(args.recipe, args.model, args.model_kwargs))
+    )
     theo, theo_basis = theoretical_peak_tflops(BF16_UNITS)
     theo32, theo32_basis = theoretical_peak_tflops(FP32_UNITS)
     if args.threads:
@@ -177,13 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     configs = {(args.model, args.recipe): args.model_kwargs}  # --model-kwargs: A's only
     if args.versus:
         model_b, _, recipe_b = args.versus.partition(":")
-        configs[(model_b, recipe_b or args.recipe)] = {}
+        configs[(model_b, recipe_b or args.recipe)] = None
     rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for (model, recipe), kwargs in configs.items():
             out = root / f"{model}-{recipe}-seed{seed}"
             rows[(model, recipe)].append(
-                run_one(model, recipe, seed, out, {**overrides, "model_kwargs": kwargs}, measured)
+                run_one(model, recipe, seed, out, overrides, kwargs, measured)
             )
     summaries = {c: summarize(rs, precision, measured, theo, theo32) for c, rs in rows.items()}
     for (model, recipe), line in summaries.items():
@@ -225,11 +227,16 @@ TABLE_HEAD = (
 )
 
 
-def run_one(model, recipe, seed, out, overrides, measured) -> dict:
+def _model_kwargs(recipe: str, model: str, given: dict | None) -> dict:
+    """--model-kwargs when given, else the recipe's (fast-muon's stem_bias_scale, say)."""
+    return recipe_config(recipe, model).model_kwargs if given is None else given
+
+
+def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict:
     """One full training run, timed around the whole ``train`` call."""
-    # forward FLOPs per 32×32 image
-    flops = count_flops(create_model(model, **overrides["model_kwargs"]))
-    cfg = recipe_config(recipe, model, seed=seed, out=str(out), **overrides)
+    kwargs = _model_kwargs(recipe, model, model_kwargs)
+    flops = count_flops(create_model(model, **kwargs))  # forward FLOPs per 32×32 image
+    cfg = recipe_config(recipe, model, seed=seed, out=str(out), model_kwargs=kwargs, **overrides)
     cpu0 = _cpu_seconds()
     start = time.perf_counter()
     result = train(cfg)

@@ -1,4 +1,4 @@
-"""Shared helpers for the predict/export/safety/fault tests (imported as ``helpers``)."""
+"""Shared helpers for the tests (imported as ``helpers``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,21 @@ import torch
 from cnnzoo import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A FastNet a few thousand parameters large, and a run of it on generated data (the airbench
+# and Muon tests): TrainConfig keywords.
+TINY_FASTNET = {"widths": [8, 16, 16], "stem": 6}
+TINY_FASTNET_RUN = dict(
+    model="fastnet",
+    model_kwargs=TINY_FASTNET,
+    data="synthetic",
+    subset=256,
+    val=64,
+    batch_size=64,
+    lr=0.2,
+    precision="fp32",
+    quiet=True,
+)
 
 # A tiny synthetic run: a couple of seconds per epoch on one CPU thread.
 TINY_TRAIN = [

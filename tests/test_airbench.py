@@ -17,19 +17,9 @@ from cnnzoo.train import TrainConfig, load_checkpoint, train
 from cnnzoo.train.config import lr_at
 from cnnzoo.train.lookahead import Lookahead
 from cnnzoo.train.recipes import recipe_config, resolve_recipe_args
+from helpers import TINY_FASTNET, TINY_FASTNET_RUN
 
-TINY = {"widths": [8, 16, 16], "stem": 6}
-RUN = dict(
-    model="fastnet",
-    model_kwargs=TINY,
-    data="synthetic",
-    subset=256,
-    val=64,
-    batch_size=64,
-    lr=0.2,
-    precision="fp32",
-    quiet=True,
-)
+TINY, RUN = TINY_FASTNET, TINY_FASTNET_RUN
 
 
 def test_triangle_schedule_is_airbench94s() -> None:

@@ -41,7 +41,9 @@ def config_from_args(args: argparse.Namespace, model: str, out: str | None):
     from cnnzoo.train.config import TrainConfig
 
     kwargs = {}
-    if getattr(args, "model_kwargs", None):
+    if isinstance(getattr(args, "model_kwargs", None), dict):  # a recipe's (fast-muon's)
+        kwargs = dict(args.model_kwargs)
+    elif getattr(args, "model_kwargs", None):
         try:
             kwargs = json.loads(args.model_kwargs)
         except json.JSONDecodeError as err:

@@ -10,6 +10,7 @@ from cnnzoo.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_TTA_SHIFT = 8  # translate-TTA pixels; reflection padding needs fewer than the image side
+OPTIMIZERS = ("sgd", "muon")  # muon: cnnzoo.train.muon, for conv filters; SGD for the rest
 SCHEDULES = ("cosine", "linear", "constant", "step")  # step: ÷10 at 50% and 75% (He et al.)
 DATASETS = ("cifar10", "cifar100")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512  # --image-size; each model also checks it takes it
@@ -74,6 +75,24 @@ class TrainConfig:
     # ---- optimisation
     epochs: int = opt(20, "optimisation", "training epochs")
     batch_size: int = opt(128, "optimisation", "global batch size (split over torchrun ranks)")
+    micro_batch: int | None = opt(
+        None,
+        "optimisation",
+        "forward and backward each batch in chunks of at most N images, their gradients "
+        "summed into one step (BatchNorm statistics are per chunk): a large batch at the speed "
+        "of a small one where small batches run faster (CPU caches)",
+        type=int,
+        metavar="N",
+    )
+    optimizer: str = opt(
+        "sgd",
+        "optimisation",
+        "sgd, or muon: Muon (orthogonalised momentum, --muon-lr) for the conv filters, SGD "
+        "(--lr, --momentum, --weight-decay) for the rest",
+        choices=OPTIMIZERS,
+    )
+    muon_lr: float = opt(0.24, "optimisation", "--optimizer muon: peak lr of the conv filters")
+    muon_momentum: float = opt(0.6, "optimisation", "--optimizer muon: the filters' momentum")
     lr: float = opt(0.1, "optimisation", "peak learning rate, for the global batch")
     momentum: float = opt(0.9, "optimisation", "SGD momentum")
     nesterov: bool = opt(False, "optimisation", "Nesterov momentum")
@@ -168,6 +187,16 @@ class TrainConfig:
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
+        need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        need(
+            math.isfinite(self.muon_lr) and self.muon_lr > 0,
+            f"--muon-lr must be positive, got {self.muon_lr}",
+        )
+        need(0 <= self.muon_momentum < 1, "--muon-momentum must be in [0, 1)")
+        need(
+            self.micro_batch is None or self.micro_batch >= 1,
+            f"--micro-batch must be at least 1, got {self.micro_batch}",
+        )
         need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
         need(self.warmup_epochs >= 0, "--warmup-epochs must be >= 0")

@@ -65,6 +65,7 @@ def train_epoch(
     on_batch: Callable[[Callable[[], tuple[float, float, int]]], None] | None = None,
     start: EpochPosition | None = None,
     on_step: Callable[[EpochPosition], None] | None = None,
+    micro_batch: int | None = None,
 ) -> EpochStats:
     """Train over ``batches`` once. ``set_lr`` sets and returns the step's learning rate;
     ``after_step`` runs after each optimizer step (the weight average, say); ``on_batch`` gets,
@@ -72,7 +73,8 @@ def train_epoch(
 
     A resumed epoch passes ``start`` (its checkpoint's position) and ``batches`` from that step
     on. ``on_step`` gets the position after every step: the trainer's checkpoint and stop check
-    (it may write a checkpoint, or raise to stop); the loop itself writes nothing."""
+    (it may write a checkpoint, or raise to stop); the loop itself writes nothing.
+    ``micro_batch`` splits each batch for the forward and backward passes (``forward_backward``)."""
     model.train()
     info = dist_info or DistInfo()
     device = next(model.parameters()).device
@@ -83,16 +85,12 @@ def train_epoch(
     began = time.perf_counter() - start.seconds
     for step, (x, y) in enumerate(batches, start=start.step):
         set_lr()
-        with amp():
-            logits = model(x)
-            loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
+        loss, logits = forward_backward(model, x, y, criterion, amp, scaler, micro_batch)
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         if after_step is not None:
             after_step()
@@ -107,6 +105,41 @@ def train_epoch(
     check_finite(all_reduce_sum(totals, info), -1)
     loss_sum, correct, count = totals.tolist()
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), seconds, int(count))
+
+
+def forward_backward(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    criterion: nn.Module,
+    amp: Callable[[], contextlib.AbstractContextManager],
+    scaler: torch.amp.GradScaler | None = None,
+    micro_batch: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The batch's mean loss and its logits (B, classes), with the loss's gradient added to
+    every ``.grad``: in one pass, or in chunks of ``micro_batch`` images whose mean losses are
+    weighted by their share of the batch, which sums to the batch mean (BatchNorm statistics
+    are then each chunk's own). Under DDP the gradients are all-reduced once, with the last
+    chunk's backward pass."""
+    n = y.shape[0]
+    if not micro_batch or micro_batch >= n:
+        with amp():
+            logits = model(x)
+            loss = criterion(logits, y)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        return loss, logits
+    chunks = list(zip(x.split(micro_batch), y.split(micro_batch), strict=True))
+    losses, outputs = [], []
+    for i, (xc, yc) in enumerate(chunks):
+        defer = i < len(chunks) - 1 and hasattr(model, "no_sync")  # DDP: all-reduce at the end
+        with model.no_sync() if defer else contextlib.nullcontext():
+            with amp():
+                out = model(xc)
+                loss = criterion(out, yc) * (yc.shape[0] / n)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        losses.append(loss.detach())
+        outputs.append(out.detach())
+    return torch.stack(losses).sum(), torch.cat(outputs)
 
 
 @torch.no_grad()

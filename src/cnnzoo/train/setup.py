@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.ema import EMA
 from cnnzoo.train.lookahead import Lookahead
+from cnnzoo.train.muon import Muon
 from cnnzoo.train.rundir import RunDir
 from cnnzoo.train.runtime import (
     DistInfo,
@@ -227,21 +229,50 @@ class Optim:
 
 
 def build_optim(cfg: TrainConfig, model: nn.Module, rt: Runtime) -> Optim:
-    optimizer = torch.optim.SGD(
-        param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
-    )
+    if cfg.optimizer == "muon":
+        optimizer: torch.optim.Optimizer = Muon(muon_param_groups(model, cfg))
+    else:
+        optimizer = torch.optim.SGD(
+            param_groups(model.parameters(), cfg),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+        )
     scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
     ema = EMA(model, cfg.ema) if cfg.ema else None
     return Optim(optimizer, scaler, ema, Lookahead(model) if cfg.lookahead else None)
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+def param_groups(params: Iterable[nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """SGD's groups: one, or with ``--no-bn-weight-decay`` the matrices and filters apart."""
+    params = list(params)
     if not cfg.no_bn_weight_decay:
-        return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         (no_decay if p.ndim <= 1 else decay).append(p)  # BN weights/biases and all biases
     return [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def muon_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """``--optimizer muon``, as airbench94_muon: the conv filters (4-D weights) in a Muon group
+    at ``muon_lr``, the rest (biases, BN shifts, the classifier) in SGD groups at ``lr``. Each
+    group's ``lr_scale`` is its peak over ``cfg.lr``: the schedule sets lr × lr_scale."""
+    params = list(model.parameters())
+    filters = [p for p in params if p.ndim == 4]
+    if not filters:
+        raise UserError(f"--optimizer muon: {cfg.model} has no conv filters")
+    chosen = {id(p) for p in filters}
+    sgd = [
+        {**g, "lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov, "muon": False}
+        for g in param_groups((p for p in params if id(p) not in chosen), cfg)
+        if g["params"]
+    ]
+    muon = {
+        "params": filters, "muon": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum,
+        "nesterov": cfg.nesterov, "weight_decay": 0.0, "lr_scale": cfg.muon_lr / cfg.lr,
+    }  # fmt: skip
+    return [*sgd, muon]  # SGD's first: the metrics' "lr" column reads group 0

@@ -190,10 +190,11 @@ class _Run:
         )
 
     def set_lr(self) -> float:
-        """The schedule's rate for the next step (a pure function of the step count)."""
+        """The schedule's rate for the next step (a pure function of the step count); a group
+        with an ``lr_scale`` (Muon's filters) takes that multiple of it."""
         lr = lr_at(self.cfg, self.state.step, self.total_steps, self.steps_per_epoch)
         for group in self.optim.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.state.step += 1
         return lr
 
@@ -287,6 +288,7 @@ class _Run:
             on_batch=self.progress.batch if self.progress.wants_batches else None,
             start=start,
             on_step=lambda pos: self._on_step(epoch, pos),
+            micro_batch=self.cfg.micro_batch,  # per rank: chunks of each rank's share
         )
         if self.optim.lookahead is not None:
             self.optim.lookahead.end_epoch()

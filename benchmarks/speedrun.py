@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="fastnet_small")
     p.add_argument("--recipe", default="fast-cpu")
     p.add_argument(
-        "--epochs", type=int, help="override the recipe's epochs (warm-up stays 23%% of them)"
+        "--epochs", type=int, help="override the recipe's epochs (its warm-up keeps its share)"
     )
     p.add_argument("--subset", type=int, help="train on the first N images (smoke tests)")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
@@ -147,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--seeds must be at least 1")
 
     overrides: dict = {"data": args.data, "quiet": True}
-    if args.epochs is not None:  # the recipe warms up over 23% of its epochs, as airbench94
-        overrides["warmup_epochs"] = 0.23 * args.epochs
     given = ("epochs", "subset", "threads", "batch_size", "lr", "precision", "tta_shift")
     for key in (*given, "alternate_flip"):
         if getattr(args, key) is not None:
@@ -236,6 +234,10 @@ def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict
     """One full training run, timed around the whole ``train`` call."""
     kwargs = _model_kwargs(recipe, model, model_kwargs)
     flops = count_flops(create_model(model, **kwargs))  # forward FLOPs per 32×32 image
+    base = recipe_config(recipe, model)
+    if "epochs" in overrides:  # the warm-up keeps its share of the run (fast: 23%, as airbench94)
+        share = base.warmup_epochs / base.epochs
+        overrides = {**overrides, "warmup_epochs": share * overrides["epochs"]}
     cfg = recipe_config(recipe, model, seed=seed, out=str(out), model_kwargs=kwargs, **overrides)
     cpu0 = _cpu_seconds()
     start = time.perf_counter()

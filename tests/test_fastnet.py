@@ -111,7 +111,10 @@ def test_unknown_recipe_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> N
         recipe_config("fast", "fastnet", not_a_field=1)
 
 
-@pytest.mark.parametrize(("name", "model"), [("fast", "fastnet"), ("fast-cpu", "fastnet_small")])
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [("fast", "fastnet"), ("fast-cpu", "fastnet_small"), ("fast-muon", "fastnet")],
+)
 def test_tiny_recipe_run_learns(tmp_path: Path, name: str, model: str) -> None:
     cfg = recipe_config(
         name,
@@ -156,15 +159,19 @@ def test_speedrun_benchmark_prints_the_figures(
     runs = json.loads(out_json.read_text())["runs"]["fastnet_small:fast-cpu"]
     assert len(runs) == 2 and all(r["wall_s"] > 0 and r["tflops"] > 0 for r in runs)
     assert "| 2 | fp32 |" in text and "theoretical fp32" in text
+    saved = json.loads((tmp_path / "fastnet_small-fast-cpu-seed0" / "config.json").read_text())
+    assert saved["warmup_epochs"] == pytest.approx(0.23)  # --epochs 1: still 23 % of the run
     # --versus: the two configurations alternate, and the time ratio is printed
     argv[1] = "1"
     argv[argv.index("--out") + 1] = str(tmp_path / "versus")
-    assert mod.main([*argv, "--versus", "fastnet_small:fast", "--first-seed", "3"]) == 0
+    assert mod.main([*argv, "--versus", "fastnet_small:fast-muon", "--first-seed", "3"]) == 0
     text = capsys.readouterr().out
-    order = [text.index("fast-cpu seed 3:"), text.index("fastnet_small fast seed 3:")]
-    assert (
-        order == sorted(order) and "wall time fastnet_small fast-cpu / fastnet_small fast" in text
-    )
+    order = [text.index("fast-cpu seed 3:"), text.index("fastnet_small fast-muon seed 3:")]
+    assert order == sorted(order)
+    assert "wall time fastnet_small fast-cpu / fastnet_small fast-muon" in text
+    b = tmp_path / "versus" / "fastnet_small-fast-muon-seed3" / "config.json"
+    saved = json.loads(b.read_text())  # B keeps its recipe's model_kwargs and its no warm-up
+    assert saved["model_kwargs"] == {"stem_bias_scale": 8.0} and saved["warmup_epochs"] == 0
     ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
     assert 0.001 < ceiling < 1000
 

@@ -77,13 +77,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--model-kwargs", help='JSON keyword arguments, e.g. \'{"shortcut": "B"}\'')
+    from cnnzoo.train.recipes import RECIPES, defer_defaults
+
     p.add_argument(
         "--recipe",
         metavar="NAME",
-        help="start from a named recipe (resnet-cpu, he2015, fast, fast-cpu); explicit options win",
+        help=f"start from a named recipe ({', '.join(RECIPES)}); explicit options win",
     )
     add_train_options(p, train_only=True)
-    from cnnzoo.train.recipes import defer_defaults
 
     defer_defaults(p)  # options a recipe sets default to "unset" until run() resolves them
     defaults = {a.dest: p.get_default(a.dest) for a in p._actions if a.dest != "help"}

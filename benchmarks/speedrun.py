@@ -48,7 +48,7 @@ import torch
 from cnnzoo.data.cifar import is_synthetic
 from cnnzoo.errors import UserError
 from cnnzoo.models import count_flops, create_model
-from cnnzoo.train import train
+from cnnzoo.train import TrainConfig, train
 from cnnzoo.train.recipes import recipe_config
 from cnnzoo.train.runtime import resolve_precision
 
@@ -153,16 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = getattr(args, key)
     if args.compile:
         overrides["compile"] = True
-    flops = count_flops(  # forward FLOPs per 32×32 image
-        create_model(args.model, **_model_kwargs(args.recipe, args.model, args.model_kwargs))
-    )
+    base = recipe_config(args.recipe, args.model)
+    flops = count_flops(create_model(args.model, **_model_kwargs(base, args.model_kwargs)))
     theo, theo_basis = theoretical_peak_tflops(BF16_UNITS)
     theo32, theo32_basis = theoretical_peak_tflops(FP32_UNITS)
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision = resolve_precision(
-        args.precision or recipe_config(args.recipe, args.model).precision, torch.device("cpu")
-    )
+    precision = resolve_precision(args.precision or base.precision, torch.device("cpu"))
     measured = args.peak_tflops or measured_conv_tflops(precision)
     peak_note = "given" if args.peak_tflops else f"measured, {precision} 3x3 conv fwd+bwd"
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="speedrun-")
@@ -225,16 +222,16 @@ TABLE_HEAD = (
 )
 
 
-def _model_kwargs(recipe: str, model: str, given: dict | None) -> dict:
+def _model_kwargs(base: TrainConfig, given: dict | None) -> dict:
     """--model-kwargs when given, else the recipe's (fast-muon's stem_bias_scale, say)."""
-    return recipe_config(recipe, model).model_kwargs if given is None else given
+    return base.model_kwargs if given is None else given
 
 
 def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict:
     """One full training run, timed around the whole ``train`` call."""
-    kwargs = _model_kwargs(recipe, model, model_kwargs)
-    flops = count_flops(create_model(model, **kwargs))  # forward FLOPs per 32×32 image
     base = recipe_config(recipe, model)
+    kwargs = _model_kwargs(base, model_kwargs)
+    flops = count_flops(create_model(model, **kwargs))  # forward FLOPs per 32×32 image
     if "epochs" in overrides:  # the warm-up keeps its share of the run (fast: 23%, as airbench94)
         share = base.warmup_epochs / base.epochs
         overrides = {**overrides, "warmup_epochs": share * overrides["epochs"]}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cnnzoo.cli import build_parser
 from cnnzoo.commands.train import config_from_args
@@ -14,9 +15,10 @@ from cnnzoo.data.loader import Augment, augment_batch
 from cnnzoo.errors import UserError
 from cnnzoo.models import create_model
 from cnnzoo.train import TrainConfig, load_checkpoint, train
-from cnnzoo.train.config import lr_at
+from cnnzoo.train.config import lr_at, whiten_bias_lr_at
 from cnnzoo.train.lookahead import Lookahead
 from cnnzoo.train.recipes import recipe_config, resolve_recipe_args
+from cnnzoo.train.setup import build_optim, setup_runtime
 from helpers import TINY_FASTNET, TINY_FASTNET_RUN
 
 TINY, RUN = TINY_FASTNET, TINY_FASTNET_RUN
@@ -50,26 +52,52 @@ def test_reflected_crops_equal_reflect_padding() -> None:
     assert zeros[4, :2].eq(0).all() and not got[4, :2].eq(0).all()  # dy=0: two padded rows
 
 
-def test_lookahead_follows_its_rule() -> None:
-    model = torch.nn.Linear(2, 1, bias=False)
-    la = Lookahead(model, start_epoch=3, every=5)
+def _lookahead(tmp_path, every: int | None, decay: float | None) -> tuple[Lookahead, nn.Linear]:
+    """A lookahead over a 2-weight model: built directly with its defaults (``every`` None), or
+    by ``build_optim`` from a config with ``every`` and ``decay``."""
+    model = nn.Linear(2, 1, bias=False)
+    if every is None:
+        return Lookahead(model, start_epoch=3), model
+    cfg = TrainConfig(
+        lookahead=True, lookahead_every=every, lookahead_decay=decay, precision="fp32",
+        out=str(tmp_path),
+    ).validate()  # fmt: skip
+    return build_optim(cfg, model, setup_runtime(cfg)).lookahead, model
+
+
+@pytest.mark.parametrize(
+    "every,decay", [(None, None), (20, 0.5)], ids=["airbench94-defaults", "from-the-config"]
+)
+def test_lookahead_follows_its_rule(tmp_path, every, decay) -> None:
+    la, model = _lookahead(tmp_path, every, decay)
+    every, decay = every or 5, decay or 0.95**5
+    assert (la.every, la.decay) == (every, decay)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    la.after_step(epoch=3, step=10, total_steps=100)  # before epoch 4: nothing
+    la.after_step(epoch=3, step=2 * every, total_steps=100)  # before epoch 4: nothing
     assert la.avg is None
-    la.after_step(epoch=4, step=11, total_steps=100)  # not a multiple of 5: nothing
+    la.after_step(epoch=4, step=3 * every - 1, total_steps=100)  # not a multiple: nothing
     assert la.avg is None
-    la.after_step(epoch=4, step=15, total_steps=100)  # starts the average
+    la.after_step(epoch=4, step=3 * every, total_steps=100)  # starts the average
     with torch.no_grad():
         model.weight.fill_(3.0)
-    la.after_step(epoch=4, step=20, total_steps=100)
-    rho = 0.95**5 * 0.2**3
-    want = 1.0 + (1 - rho) * (3.0 - 1.0)
-    assert model.weight.detach().eq(torch.tensor(want)).all()  # copied back into the weights
+    la.after_step(epoch=4, step=4 * every, total_steps=100)
+    rho = decay * (4 * every / 100) ** 3  # airbench94 at every=5: 0.95^5 × 0.2^3
+    want = torch.tensor(1.0 + (1 - rho) * (3.0 - 1.0))
+    assert torch.allclose(model.weight.detach(), want)  # copied back into the weights
     with torch.no_grad():
         model.weight.fill_(7.0)
     la.end_epoch()
-    assert model.weight.detach().eq(torch.tensor(want)).all()
+    assert torch.allclose(model.weight.detach(), want)
+
+
+def test_lookahead_options_are_checked_and_flags_win() -> None:
+    for bad in (dict(lookahead_every=0), dict(lookahead_decay=1.0), dict(lookahead_decay=-0.1)):
+        with pytest.raises(UserError, match="--lookahead-"):
+            TrainConfig(**bad).validate()
+    argv = ["train", "fastnet", "--recipe", "fast", "--lookahead-every", "20"]
+    cfg = config_from_args(resolve_recipe_args(build_parser().parse_args(argv)), "fastnet", None)
+    assert (cfg.lookahead, cfg.lookahead_every, cfg.lookahead_decay) == (True, 20, 0.95**5)
 
 
 def test_lookahead_resume_is_exact(tmp_path) -> None:
@@ -103,6 +131,38 @@ def test_whitening_bias_trains_then_freezes(tmp_path) -> None:
                 out=str(tmp_path / "r"),
             )
         )
+
+
+def test_whitening_bias_decay_is_airbench94_muons() -> None:
+    cfg = TrainConfig(lr=0.5, whiten_bias_epochs=3, whiten_bias_decay=True).validate()
+    for step in (0, 1, 50, 149, 150, 400):  # 50 steps per epoch: 150 steps of training
+        assert whiten_bias_lr_at(cfg, step, 50) == pytest.approx(0.5 * max(0, 1 - step / 150))
+    for bad in (dict(whiten_bias_epochs=None), dict(whiten_bias_epochs=0)):
+        with pytest.raises(UserError, match="--whiten-bias-decay needs"):
+            TrainConfig(whiten_bias_decay=True, **bad).validate()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_whitening_bias_decays_in_a_group_of_its_own(tmp_path, optimizer) -> None:
+    cfg = TrainConfig(
+        **{**RUN, "optimizer": optimizer, "nesterov": True},
+        epochs=3,
+        whiten_bias_epochs=2,
+        whiten_bias_decay=True,
+        out=str(tmp_path / "a"),
+    )
+    train(TrainConfig(**{**cfg.to_dict(), "stop_after": 1}))
+    ckpt = load_checkpoint(tmp_path / "a" / "last.pt")
+    groups, per_epoch = ckpt["optimizer"]["param_groups"], ckpt["step"]  # after epoch 1
+    bias_groups = [g for g in groups if g.get("whiten_bias")]
+    assert len(bias_groups) == 1 and len(bias_groups[0]["params"]) == 1
+    assert groups[-1] is bias_groups[0]  # group 0 still carries the schedule's lr
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len(list(create_model("fastnet", **TINY).parameters()))
+    assert groups[0]["lr"] == pytest.approx(lr_at(cfg, per_epoch - 1, 3 * per_epoch, per_epoch))
+    want = cfg.lr * (1 - (per_epoch - 1) / (2 * per_epoch))  # the last step of epoch 1 of 2
+    assert bias_groups[0]["lr"] == pytest.approx(want)
+    assert bias_groups[0]["weight_decay"] == groups[0]["weight_decay"]
 
 
 def test_fastnet_matches_airbench94_defaults() -> None:

@@ -173,6 +173,7 @@ def test_recipe_fast_muon_is_airbench94_muon_and_flags_still_win() -> None:
     cfg = recipe_config("fast-muon", "fastnet")
     assert (cfg.optimizer, cfg.muon_lr, cfg.muon_momentum, cfg.epochs) == ("muon", 0.24, 0.6, 8)
     assert (cfg.batch_size, cfg.lookahead, cfg.warmup_epochs, cfg.final_lr) == (2000, False, 0, 0)
+    assert (cfg.whiten_bias_epochs, cfg.whiten_bias_decay) == (3, True)
     # airbench94_muon's per-step weight decay, 2e-6 × batch 2000, and its bias lr 0.053 × 2000
     # spread over FastNet's 64× bias reparametrisation
     assert cfg.lr * cfg.weight_decay == pytest.approx(2e-6 * 2000)

@@ -119,8 +119,17 @@ class TrainConfig:
     lookahead: bool = opt(
         False,
         "optimisation",
-        "airbench94's lookahead: from epoch 4, every 5 steps, an EMA of the weights "
-        "(decay 0.95^5 × (step/total)^3) copied back into them",
+        "airbench94's lookahead: from epoch 4, every --lookahead-every steps, an EMA of the "
+        "weights (decay --lookahead-decay × (step/total)^3) copied back into them",
+    )
+    lookahead_every: int = opt(
+        5, "optimisation", "lookahead: average every N optimizer steps", metavar="N"
+    )
+    lookahead_decay: float = opt(
+        0.95**5,
+        "optimisation",
+        "lookahead: the average's decay per averaging step at the end of the run (airbench94: "
+        "0.95^5 = 0.774, at batch 1024)",
     )
     whiten_bias_epochs: int | None = opt(
         None,
@@ -128,6 +137,12 @@ class TrainConfig:
         "train a whitening stem's bias (fastnet) for N epochs, then freeze it",
         type=int,
         metavar="N",
+    )
+    whiten_bias_decay: bool = opt(
+        False,
+        "optimisation",
+        "the whitening bias's lr decays linearly from the peak lr to 0 over "
+        "--whiten-bias-epochs instead of following the schedule (airbench94_muon)",
     )
     tta: bool = opt(False, "optimisation", "evaluate on each image and its mirror image")
     tta_shift: int = opt(
@@ -206,7 +221,13 @@ class TrainConfig:
             self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,
             "--whiten-bias-epochs must be >= 0",
         )
+        need(
+            not self.whiten_bias_decay or bool(self.whiten_bias_epochs),
+            "--whiten-bias-decay needs --whiten-bias-epochs N (N >= 1): the epochs it decays over",
+        )
         need(not (self.lookahead and self.ema), "--lookahead and --ema are two weight averages")
+        need(self.lookahead_every >= 1, "--lookahead-every must be at least 1")
+        need(0 <= self.lookahead_decay < 1, "--lookahead-decay must be in [0, 1)")
         need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         need(self.cutout >= 0, "--cutout must be >= 0")
         need(self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix must be >= 0")
@@ -265,3 +286,10 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -
     else:
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * shape)
+
+
+def whiten_bias_lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """``--whiten-bias-decay``: the whitening bias's rate for step ``step`` (0-based), as
+    airbench94_muon's: lr × (1 - step / its training steps), 0 from then on (it is frozen)."""
+    steps = (cfg.whiten_bias_epochs or 0) * steps_per_epoch
+    return cfg.lr * max(0.0, 1.0 - step / steps) if steps else 0.0

@@ -230,17 +230,23 @@ class Optim:
 
 def build_optim(cfg: TrainConfig, model: nn.Module, rt: Runtime) -> Optim:
     if cfg.optimizer == "muon":
-        optimizer: torch.optim.Optimizer = Muon(muon_param_groups(model, cfg))
+        groups = muon_param_groups(model, cfg)
     else:
-        optimizer = torch.optim.SGD(
-            param_groups(model.parameters(), cfg),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-        )
+        groups = param_groups(model.parameters(), cfg)
+    if cfg.whiten_bias_decay:
+        groups = whiten_bias_apart(groups, model.stem_bias)
+    if cfg.optimizer == "muon":
+        optimizer: torch.optim.Optimizer = Muon(groups)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
     ema = EMA(model, cfg.ema) if cfg.ema else None
-    return Optim(optimizer, scaler, ema, Lookahead(model) if cfg.lookahead else None)
+    lookahead = (
+        Lookahead(model, every=cfg.lookahead_every, decay=cfg.lookahead_decay)
+        if cfg.lookahead
+        else None
+    )
+    return Optim(optimizer, scaler, ema, lookahead)
 
 
 def param_groups(params: Iterable[nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -255,6 +261,15 @@ def param_groups(params: Iterable[nn.Parameter], cfg: TrainConfig) -> list[dict[
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def whiten_bias_apart(groups: list[dict[str, Any]], bias: nn.Parameter) -> list[dict[str, Any]]:
+    """``--whiten-bias-decay``: the whitening bias in a group of its own, last (group 0 is the
+    metrics' "lr"), with the settings of the group it came from, marked ``whiten_bias`` for the
+    trainer, which gives it airbench94_muon's decay."""
+    home = next(g for g in groups if any(p is bias for p in g["params"]))
+    rest = [{**g, "params": [p for p in g["params"] if p is not bias]} for g in groups]
+    return [g for g in rest if g["params"]] + [{**home, "params": [bias], "whiten_bias": True}]
 
 
 def muon_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from cnnzoo.errors import Interrupted, TrainingDiverged
 from cnnzoo.models import create_model
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.callbacks import Callbacks
-from cnnzoo.train.config import TrainConfig, lr_at
+from cnnzoo.train.config import TrainConfig, lr_at, whiten_bias_lr_at
 from cnnzoo.train.engine import EpochPosition, EvalResult, check_finite, evaluate, train_epoch
 from cnnzoo.train.interrupt import CheckpointClock, StopSignals
 from cnnzoo.train.progress import Progress
@@ -191,10 +191,13 @@ class _Run:
 
     def set_lr(self) -> float:
         """The schedule's rate for the next step (a pure function of the step count); a group
-        with an ``lr_scale`` (Muon's filters) takes that multiple of it."""
-        lr = lr_at(self.cfg, self.state.step, self.total_steps, self.steps_per_epoch)
+        with an ``lr_scale`` (Muon's filters) takes that multiple of it, the ``whiten_bias``
+        group (``--whiten-bias-decay``) its own decay."""
+        step, per_epoch = self.state.step, self.steps_per_epoch
+        lr = lr_at(self.cfg, step, self.total_steps, per_epoch)
         for group in self.optim.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            own = whiten_bias_lr_at(self.cfg, step, per_epoch) if group.get("whiten_bias") else lr
+            group["lr"] = own * group.get("lr_scale", 1.0)
         self.state.step += 1
         return lr
 

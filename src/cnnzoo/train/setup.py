@@ -229,16 +229,15 @@ class Optim:
 
 
 def build_optim(cfg: TrainConfig, model: nn.Module, rt: Runtime) -> Optim:
-    if cfg.optimizer == "muon":
-        groups = muon_param_groups(model, cfg)
-    else:
-        groups = param_groups(model.parameters(), cfg)
+    muon = cfg.optimizer == "muon"
+    groups = muon_param_groups(model, cfg) if muon else param_groups(model.parameters(), cfg)
     if cfg.whiten_bias_decay:
         groups = whiten_bias_apart(groups, model.stem_bias)
-    if cfg.optimizer == "muon":
-        optimizer: torch.optim.Optimizer = Muon(groups)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    optimizer: torch.optim.Optimizer = (
+        Muon(groups)
+        if muon
+        else torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    )
     scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
     ema = EMA(model, cfg.ema) if cfg.ema else None
     lookahead = (

@@ -29,7 +29,13 @@ backward pass is counted as 2 forwards). It is compared with three peaks:
 
 ``--versus MODEL:RECIPE`` runs that second configuration too, alternating the two seed by seed
 (A0 B0 A1 B1 ...) so that both meet the same machine conditions, and prints each one's summary
-and the ratio of their mean wall times (A / B).
+and the ratio of their mean wall times (A / B). The other overrides apply to both, except
+``--model-kwargs`` and ``--micro-batch``, which are A's only: ``--micro-batch 250`` runs
+``fast-muon``'s batch of 2000 in chunks on a CPU, where chunking ``fast``'s batch of 1024 would
+change its BatchNorm (each chunk normalises over itself)::
+
+    python benchmarks/speedrun.py --seeds 3 --model fastnet --recipe fast-muon \
+        --micro-batch 250 --versus fastnet:fast
 """
 
 from __future__ import annotations
@@ -127,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model-kwargs", type=json.loads, help="JSON, e.g. for widths (replaces the recipe's)"
     )
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        metavar="N",
+        help="run the first configuration's batches in chunks of N (not --versus's)",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
@@ -162,25 +174,27 @@ def main(argv: list[str] | None = None) -> int:
     precision = resolve_precision(args.precision or base.precision, torch.device("cpu"))
     measured = args.peak_tflops or measured_conv_tflops(precision)
     peak_note = "given" if args.peak_tflops else f"measured, {precision} 3x3 conv fwd+bwd"
+    # per configuration: --model-kwargs and --micro-batch are A's only
+    own = {"micro_batch": args.micro_batch} if args.micro_batch is not None else {}
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="speedrun-")
     root = Path(args.out or tmp.name)  # type: ignore[union-attr]
     print(
-        f"speed run: {args.model} --recipe {args.recipe} {overrides}, "
+        f"speed run: {args.model} --recipe {args.recipe} {overrides | own}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
         f"forward {flops / 1e6:.1f} MFLOP/image; {precision}; conv ceiling {measured:.3f} "
         f"TFLOP/s ({peak_note})",
         flush=True,
     )
-    configs = {(args.model, args.recipe): args.model_kwargs}  # --model-kwargs: A's only
+    configs = {(args.model, args.recipe): (args.model_kwargs, own)}
     if args.versus:
         model_b, _, recipe_b = args.versus.partition(":")
-        configs[(model_b, recipe_b or args.recipe)] = None
+        configs[(model_b, recipe_b or args.recipe)] = (None, {})
     rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for (model, recipe), kwargs in configs.items():
+        for (model, recipe), (kwargs, extra) in configs.items():
             out = root / f"{model}-{recipe}-seed{seed}"
             rows[(model, recipe)].append(
-                run_one(model, recipe, seed, out, overrides, kwargs, measured)
+                run_one(model, recipe, seed, out, {**overrides, **extra}, kwargs, measured)
             )
     summaries = {c: summarize(rs, precision, measured, theo, theo32) for c, rs in rows.items()}
     for (model, recipe), line in summaries.items():
@@ -205,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     "runs": {f"{m}:{r}": rs for (m, r), rs in rows.items()},
                     "flops_per_image": flops,
                     "overrides": overrides,
+                    "first_only": own,  # --micro-batch: not applied to --versus
                     "precision": precision,
                     "peaks_tflops": {"measured": measured, "bf16": theo, "fp32": theo32},
                 },

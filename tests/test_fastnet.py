@@ -164,7 +164,8 @@ def test_speedrun_benchmark_prints_the_figures(
     # --versus: the two configurations alternate, and the time ratio is printed
     argv[1] = "1"
     argv[argv.index("--out") + 1] = str(tmp_path / "versus")
-    assert mod.main([*argv, "--versus", "fastnet_small:fast-muon", "--first-seed", "3"]) == 0
+    versus = ["--versus", "fastnet_small:fast-muon", "--first-seed", "3", "--micro-batch", "50"]
+    assert mod.main([*argv, *versus]) == 0
     text = capsys.readouterr().out
     order = [text.index("fast-cpu seed 3:"), text.index("fastnet_small fast-muon seed 3:")]
     assert order == sorted(order)
@@ -172,6 +173,11 @@ def test_speedrun_benchmark_prints_the_figures(
     b = tmp_path / "versus" / "fastnet_small-fast-muon-seed3" / "config.json"
     saved = json.loads(b.read_text())  # B keeps its recipe's model_kwargs and its no warm-up
     assert saved["model_kwargs"] == {"stem_bias_scale": 8.0} and saved["warmup_epochs"] == 0
+    assert saved["micro_batch"] is None  # --micro-batch is A's only
+    a = json.loads(
+        (tmp_path / "versus" / "fastnet_small-fast-cpu-seed3" / "config.json").read_text()
+    )
+    assert a["micro_batch"] == 50 and a["batch_size"] == 100
     ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
     assert 0.001 < ceiling < 1000
 

@@ -158,18 +158,21 @@ def test_speedrun_benchmark_prints_the_figures(
     assert "summary over 2 seed(s), fastnet_small --recipe fast-cpu" in text
     runs = json.loads(out_json.read_text())["runs"]["fastnet_small:fast-cpu"]
     assert len(runs) == 2 and all(r["wall_s"] > 0 and r["tflops"] > 0 for r in runs)
-    assert "| 2 | fp32 |" in text and "theoretical fp32" in text
+    assert "| 2 | fp32 |" in text and "| – |" in text and "theoretical fp32" in text
+    assert all(r["val_acc"] is None for r in runs)
     saved = json.loads((tmp_path / "fastnet_small-fast-cpu-seed0" / "config.json").read_text())
     assert saved["warmup_epochs"] == pytest.approx(0.23)  # --epochs 1: still 23 % of the run
     # --versus: the two configurations alternate, and the time ratio is printed
     argv[1] = "1"
     argv[argv.index("--out") + 1] = str(tmp_path / "versus")
     versus = ["--versus", "fastnet_small:fast-muon", "--first-seed", "3", "--micro-batch", "50"]
+    versus += ["--val", "40"]  # both hold out 40 images and report their accuracy on them
     assert mod.main([*argv, *versus]) == 0
     text = capsys.readouterr().out
     order = [text.index("fast-cpu seed 3:"), text.index("fastnet_small fast-muon seed 3:")]
     assert order == sorted(order)
     assert "wall time fastnet_small fast-cpu / fastnet_small fast-muon" in text
+    assert text.count("held-out acc 0.") == 2 and "| – |" not in text
     b = tmp_path / "versus" / "fastnet_small-fast-muon-seed3" / "config.json"
     saved = json.loads(b.read_text())  # B keeps its recipe's model_kwargs and its no warm-up
     assert saved["model_kwargs"] == {"stem_bias_scale": 8.0} and saved["warmup_epochs"] == 0
@@ -178,6 +181,7 @@ def test_speedrun_benchmark_prints_the_figures(
         (tmp_path / "versus" / "fastnet_small-fast-cpu-seed3" / "config.json").read_text()
     )
     assert a["micro_batch"] == 50 and a["batch_size"] == 100
+    assert a["val"] == saved["val"] == 40
     ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
     assert 0.001 < ceiling < 1000
 

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from cnnzoo.atomic import atomic_open
 from cnnzoo.data.cifar import is_synthetic
 from cnnzoo.errors import UserError
 from cnnzoo.models import count_flops, create_model
@@ -113,7 +114,7 @@ def measured_conv_tflops(precision: str, seconds: float = 6.0) -> float:
     return done * flop / (time.perf_counter() - start) / 1e12
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5, help="runs, with seeds 0..N-1")
     p.add_argument("--first-seed", type=int, default=0, help="start at this seed (default 0)")
@@ -159,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", help="keep run directories here (default: a temporary folder)")
     p.add_argument("--json", help="also write the per-seed figures and summary to this file")
-    args = p.parse_args(argv)
-    if args.seeds < 1:
-        raise UserError("--seeds must be at least 1")
+    return p
 
+
+def shared_overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig overrides both configurations get."""
     overrides: dict = {"data": args.data, "quiet": True}
     given = ("epochs", "subset", "val", "threads", "batch_size", "lr", "precision", "tta_shift")
     for key in (*given, "alternate_flip"):
@@ -170,19 +172,41 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = getattr(args, key)
     if args.compile:
         overrides["compile"] = True
+    return overrides
+
+
+def configurations(args: argparse.Namespace) -> dict[tuple[str, str], tuple[dict | None, dict]]:
+    """(model, recipe) -> (its --model-kwargs, its own overrides), A first. --model-kwargs and
+    --micro-batch are A's only: --versus runs its recipe as it is (chunking fast's batch would
+    change its BatchNorm)."""
+    own = {"micro_batch": args.micro_batch} if args.micro_batch is not None else {}
+    configs = {(args.model, args.recipe): (args.model_kwargs, own)}
+    if args.versus:
+        model_b, _, recipe_b = args.versus.partition(":")
+        configs[(model_b, recipe_b or args.recipe)] = (None, {})
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    overrides, configs = shared_overrides(args), configurations(args)
     base = recipe_config(args.recipe, args.model)
     flops = count_flops(create_model(args.model, **_model_kwargs(base, args.model_kwargs)))
-    theo, theo_basis = theoretical_peak_tflops(BF16_UNITS)
-    theo32, theo32_basis = theoretical_peak_tflops(FP32_UNITS)
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(args.precision or base.precision, torch.device("cpu"))
-    measured = args.peak_tflops or measured_conv_tflops(precision)
+    peaks = {
+        "measured": args.peak_tflops or measured_conv_tflops(precision),
+        "bf16": theoretical_peak_tflops(BF16_UNITS),
+        "fp32": theoretical_peak_tflops(FP32_UNITS),
+    }
+    measured = peaks["measured"]
     peak_note = "given" if args.peak_tflops else f"measured, {precision} 3x3 conv fwd+bwd"
-    # per configuration: --model-kwargs and --micro-batch are A's only
-    own = {"micro_batch": args.micro_batch} if args.micro_batch is not None else {}
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="speedrun-")
     root = Path(args.out or tmp.name)  # type: ignore[union-attr]
+    own = configs[(args.model, args.recipe)][1]
     print(
         f"speed run: {args.model} --recipe {args.recipe} {overrides | own}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
@@ -190,50 +214,52 @@ def main(argv: list[str] | None = None) -> int:
         f"TFLOP/s ({peak_note})",
         flush=True,
     )
-    configs = {(args.model, args.recipe): (args.model_kwargs, own)}
-    if args.versus:
-        model_b, _, recipe_b = args.versus.partition(":")
-        configs[(model_b, recipe_b or args.recipe)] = (None, {})
     rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):  # A0 B0 A1 B1 ...
         for (model, recipe), (kwargs, extra) in configs.items():
             out = root / f"{model}-{recipe}-seed{seed}"
             rows[(model, recipe)].append(
                 run_one(model, recipe, seed, out, {**overrides, **extra}, kwargs, measured)
             )
-    summaries = {c: summarize(rs, precision, measured, theo, theo32) for c, rs in rows.items()}
-    for (model, recipe), line in summaries.items():
-        print(f"\nsummary over {args.seeds} seed(s), {model} --recipe {recipe}:")
-        print(TABLE_HEAD)
-        print(line)
-    if args.versus:
-        (a, ra), (b, rb) = rows.items()
-        ratio = statistics.fmean(r["wall_s"] for r in ra) / statistics.fmean(
-            r["wall_s"] for r in rb
-        )
-        print(f"\nwall time {a[0]} {a[1]} / {b[0]} {b[1]}: {ratio:.3f}x (same run, alternated)")
-    print(
-        f"peaks: conv ceiling {measured:.3f} TFLOP/s ({peak_note}, "
-        f"{torch.get_num_threads()} threads); theoretical bf16 {theo:.2f} TFLOP/s = {theo_basis}; "
-        f"theoretical fp32 {theo32:.2f} TFLOP/s = {theo32_basis}"
-    )
+    print_report(rows, precision, peaks, f"{peak_note}, {torch.get_num_threads()} threads")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
+        with atomic_open(args.json, "w") as f:
+            json.dump(
                 {
                     "runs": {f"{m}:{r}": rs for (m, r), rs in rows.items()},
                     "flops_per_image": flops,
                     "overrides": overrides,
                     "first_only": own,  # --micro-batch: not applied to --versus
                     "precision": precision,
-                    "peaks_tflops": {"measured": measured, "bf16": theo, "fp32": theo32},
+                    "peaks_tflops": {k: v if k == "measured" else v[0] for k, v in peaks.items()},
                 },
+                f,
                 indent=1,
             )
-        )
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def print_report(rows: dict, precision: str, peaks: dict, peak_note: str) -> None:
+    """Each configuration's summary row, the A / B wall-time ratio, and the peaks' basis."""
+    measured = peaks["measured"]
+    (theo, theo_basis), (theo32, theo32_basis) = peaks["bf16"], peaks["fp32"]
+    for (model, recipe), rs in rows.items():
+        print(f"\nsummary over {len(rs)} seed(s), {model} --recipe {recipe}:")
+        print(TABLE_HEAD)
+        print(summarize(rs, precision, measured, theo, theo32))
+    if len(rows) == 2:
+        (a, ra), (b, rb) = rows.items()
+        ratio = statistics.fmean(r["wall_s"] for r in ra) / statistics.fmean(
+            r["wall_s"] for r in rb
+        )
+        print(f"\nwall time {a[0]} {a[1]} / {b[0]} {b[1]}: {ratio:.3f}x (same run, alternated)")
+    print(
+        f"peaks: conv ceiling {measured:.3f} TFLOP/s ({peak_note}); "
+        f"theoretical bf16 {theo:.2f} TFLOP/s = {theo_basis}; "
+        f"theoretical fp32 {theo32:.2f} TFLOP/s = {theo32_basis}"
+    )
 
 
 TABLE_HEAD = (

@@ -123,16 +123,9 @@ def export_onnx(
     classes = [str(c) for c in ckpt.get("classes") or range(int(ckpt["num_classes"]))]
     size = checkpoint_image_size(ckpt)
 
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as err:
-        raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(out)
     try:
         _export(module, tmp, opset, size)
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
         meta = {
             "cnnzoo.model": str(ckpt["model_name"]),
             "cnnzoo.classes": json.dumps(classes),
@@ -141,11 +134,7 @@ def export_onnx(
             "cnnzoo.input": INPUT_NORMALISED[include_normalization],
             "cnnzoo.image_size": str(size),
         }
-        for key, value in meta.items():
-            prop = proto.metadata_props.add()
-            prop.key, prop.value = key, value
-        onnx.save(proto, str(tmp))
-
+        _check_and_label(onnx, tmp, meta)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         random_diff, real_diff, real, real_note = _compare(
             session, module, ckpt, data, include_normalization, mean, std
@@ -175,6 +164,26 @@ def export_onnx(
         classes=classes,
         image_size=size,
     )
+
+
+def _temp_beside(out: Path) -> Path:
+    """An empty temp file in ``out``'s folder (so the final rename stays on one filesystem)."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
+    return Path(tmp_name)
+
+
+def _check_and_label(onnx, path: Path, meta: dict[str, str]) -> None:
+    """Run the ONNX checker on ``path`` and store ``meta`` in its metadata_props."""
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    for key, value in meta.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(proto, str(path))
 
 
 def _compare(session, module: nn.Module, ckpt, data, include_normalization: bool, mean, std):

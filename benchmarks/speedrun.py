@@ -197,12 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(args.precision or base.precision, torch.device("cpu"))
-    peaks = {
-        "measured": args.peak_tflops or measured_conv_tflops(precision),
-        "bf16": theoretical_peak_tflops(BF16_UNITS),
-        "fp32": theoretical_peak_tflops(FP32_UNITS),
-    }
-    measured = peaks["measured"]
+    measured = args.peak_tflops or measured_conv_tflops(precision)
+    theo, theo_basis = theoretical_peak_tflops(BF16_UNITS)
+    theo32, theo32_basis = theoretical_peak_tflops(FP32_UNITS)
+    peaks = {"measured": measured, "bf16": theo, "fp32": theo32}
     peak_note = "given" if args.peak_tflops else f"measured, {precision} 3x3 conv fwd+bwd"
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="speedrun-")
     root = Path(args.out or tmp.name)  # type: ignore[union-attr]
@@ -221,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             rows[(model, recipe)].append(
                 run_one(model, recipe, seed, out, {**overrides, **extra}, kwargs, measured)
             )
-    print_report(rows, precision, peaks, f"{peak_note}, {torch.get_num_threads()} threads")
+    print_report(rows, precision, peaks)
+    print(
+        f"peaks: conv ceiling {measured:.3f} TFLOP/s ({peak_note}, "
+        f"{torch.get_num_threads()} threads); theoretical bf16 {theo:.2f} TFLOP/s = {theo_basis}; "
+        f"theoretical fp32 {theo32:.2f} TFLOP/s = {theo32_basis}"
+    )
     if args.json:
         with atomic_open(args.json, "w") as f:
             json.dump(
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     "overrides": overrides,
                     "first_only": own,  # --micro-batch: not applied to --versus
                     "precision": precision,
-                    "peaks_tflops": {k: v if k == "measured" else v[0] for k, v in peaks.items()},
+                    "peaks_tflops": peaks,
                 },
                 f,
                 indent=1,
@@ -241,25 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_report(rows: dict, precision: str, peaks: dict, peak_note: str) -> None:
-    """Each configuration's summary row, the A / B wall-time ratio, and the peaks' basis."""
-    measured = peaks["measured"]
-    (theo, theo_basis), (theo32, theo32_basis) = peaks["bf16"], peaks["fp32"]
+def print_report(rows: dict, precision: str, peaks: dict[str, float]) -> None:
+    """Each configuration's summary row, then the A / B wall-time ratio when there are two."""
     for (model, recipe), rs in rows.items():
         print(f"\nsummary over {len(rs)} seed(s), {model} --recipe {recipe}:")
         print(TABLE_HEAD)
-        print(summarize(rs, precision, measured, theo, theo32))
+        print(summarize(rs, precision, peaks["measured"], peaks["bf16"], peaks["fp32"]))
     if len(rows) == 2:
         (a, ra), (b, rb) = rows.items()
         ratio = statistics.fmean(r["wall_s"] for r in ra) / statistics.fmean(
             r["wall_s"] for r in rb
         )
         print(f"\nwall time {a[0]} {a[1]} / {b[0]} {b[1]}: {ratio:.3f}x (same run, alternated)")
-    print(
-        f"peaks: conv ceiling {measured:.3f} TFLOP/s ({peak_note}); "
-        f"theoretical bf16 {theo:.2f} TFLOP/s = {theo_basis}; "
-        f"theoretical fp32 {theo32:.2f} TFLOP/s = {theo32_basis}"
-    )
 
 
 TABLE_HEAD = (

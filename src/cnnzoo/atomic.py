@@ -18,22 +18,40 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Write ``path`` through a temp file in the same folder, then fsync and rename it into place.
-
-    A crash or an exception at any moment leaves either the old file or the new one, never a torn
-    one; on an exception the temp file is removed and ``path`` is untouched. The new file gets the
-    usual permissions (0666 less the umask), not ``mkstemp``'s private 0600.
-    """
-    path = Path(path)
+def _temp_beside(path: Path) -> Iterator[tuple[int, Path]]:
+    """(descriptor, name) of a new temp file in ``path``'s folder (so the rename stays on one
+    filesystem). A clean exit gives it the usual permissions (0666 less the umask, not
+    ``mkstemp``'s private 0600) and renames it onto ``path``; an exception removes it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield fd, Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write ``path`` through a temp file in the same folder, then fsync and rename it into place.
+
+    A crash or an exception at any moment leaves either the old file or the new one, never a torn
+    one; on an exception the temp file is removed and ``path`` is untouched.
+    """
+    with _temp_beside(Path(path)) as (fd, _), os.fdopen(fd, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """``atomic_open`` for writers that want a file name (``torch.onnx.export``, ``onnx.save``):
+    yields the temp file's path, to be written (and rewritten) by name; a clean exit fsyncs it
+    and renames it onto ``path``, an exception removes it and leaves ``path`` as it was."""
+    with _temp_beside(Path(path)) as (fd, tmp):
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())

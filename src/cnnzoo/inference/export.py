@@ -20,9 +20,9 @@ PyTorch's TorchScript-based one (``dynamo=False``), which needs nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnzoo.atomic import current_umask
+from cnnzoo.atomic import atomic_path
 from cnnzoo.data import normalize
 from cnnzoo.errors import UserError
 
@@ -123,8 +123,11 @@ def export_onnx(
     classes = [str(c) for c in ckpt.get("classes") or range(int(ckpt["num_classes"]))]
     size = checkpoint_image_size(ckpt)
 
-    tmp = _temp_beside(out)
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            tmp = stack.enter_context(atomic_path(out))
+        except OSError as err:
+            raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
         _export(module, tmp, opset, size)
         meta = {
             "cnnzoo.model": str(ckpt["model_name"]),
@@ -145,10 +148,6 @@ def export_onnx(
                 f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {atol:g}); "
                 f"{out} not written"
             )
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private (0600)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportReport(
         path=out,
         model=str(ckpt["model_name"]),
@@ -164,16 +163,6 @@ def export_onnx(
         classes=classes,
         image_size=size,
     )
-
-
-def _temp_beside(out: Path) -> Path:
-    """An empty temp file in ``out``'s folder (so the final rename stays on one filesystem)."""
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as err:
-        raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
-    return Path(tmp_name)
 
 
 def _check_and_label(onnx, path: Path, meta: dict[str, str]) -> None:

@@ -142,12 +142,7 @@ def export_onnx(
         random_diff, real_diff, real, real_note = _compare(
             session, module, ckpt, data, include_normalization, mean, std
         )
-        worst = max(random_diff, real_diff or 0.0)
-        if not np.isfinite(worst) or worst > atol:
-            raise ExportMismatch(
-                f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {atol:g}); "
-                f"{out} not written"
-            )
+        _require_close(max(random_diff, real_diff or 0.0), atol, out)
     return ExportReport(
         path=out,
         model=str(ckpt["model_name"]),
@@ -163,6 +158,14 @@ def export_onnx(
         classes=classes,
         image_size=size,
     )
+
+
+def _require_close(worst: float, atol: float, out: Path) -> None:
+    """``ExportMismatch`` (so that ``out`` is not written) unless ``worst`` <= ``atol``."""
+    if not np.isfinite(worst) or worst > atol:
+        raise ExportMismatch(
+            f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {atol:g}); {out} not written"
+        )
 
 
 def _check_and_label(onnx, path: Path, meta: dict[str, str]) -> None:

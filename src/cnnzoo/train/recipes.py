@@ -93,7 +93,8 @@ RECIPES["fast-muon"] = {
 # (docs/results/accuracy/fast-cpu/). Tried instead and not better (2026-12-01, Zen 3, fp32):
 # fast-muon on fastnet_small for 10 epochs in micro-batches of 250, 93.47% over 3 seeds; on 5,000
 # held-out images (seed 0; fast-cpu 93.20%): batch 128 93.24%, label smoothing 0.1 93.26%, lr 0.5
-# 93.06%, lookahead every 20 steps 93.18%; 11 epochs 93.30%, 12 epochs 93.58% (too slow).
+# 93.06%, lookahead every 20 steps 93.18%; 11 epochs 93.30% (seed 1: 93.24% vs 92.96% at 10),
+# 12 epochs 93.58% (too slow).
 RECIPES["fast-cpu"] = {
     **RECIPES["fast"],
     "batch_size": 256,

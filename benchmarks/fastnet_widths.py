@@ -4,7 +4,11 @@ shape (``fastnet`` at batch 1024) measured in the same run: the measurement behi
 
 Each variant times whole SGD steps (forward, label-smoothed loss, backward, Nesterov update) on
 random inputs, channels_last, in the precision ``--precision auto`` picks for this CPU, for
-``--seconds`` after two untimed steps. Variants run one after another, so run it alone.
+``--seconds`` in all after two untimed steps, split into ``--rounds`` rounds that visit every
+variant in turn (reversed every other round). "vs first" is the median over rounds of the
+variant's rate over the first variant's in the same round, with its range: a paired ratio that a
+machine whose speed drifts slows alike. Still run it alone: two jobs on two cores slow each
+other unevenly.
 
     python benchmarks/fastnet_widths.py
     python benchmarks/fastnet_widths.py --variants fastnet:1024 fastnet:128 fastnet_small:128
@@ -13,7 +17,9 @@ random inputs, channels_last, in the precision ``--precision auto`` picks for th
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -42,8 +48,8 @@ def parse_variant(text: str) -> tuple[str, int, list[int] | None]:
         raise argparse.ArgumentTypeError(f"batch and widths must be integers: {text!r}") from None
 
 
-def step_rate(model: torch.nn.Module, batch: int, precision: str, seconds: float) -> float:
-    """Training images per second of whole SGD steps of ``model`` (trained in place)."""
+def make_step(model: torch.nn.Module, batch: int, precision: str) -> Callable[[], None]:
+    """One whole SGD step of ``model`` (trained in place) on a fixed random batch."""
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.85, nesterov=True)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.2)
@@ -57,38 +63,72 @@ def step_rate(model: torch.nn.Module, batch: int, precision: str, seconds: float
         loss.backward()
         opt.step()
 
-    step()
-    step()
+    return step
+
+
+def timed_rate(step: Callable[[], None], batch: int, seconds: float) -> float:
+    """Images per second of ``step`` run for ``seconds`` (at least one step)."""
     done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or done < 2:
+    while done < 1 or time.perf_counter() - start < seconds:
         step()
         done += 1
     return done * batch / (time.perf_counter() - start)
+
+
+def interleaved_rates(
+    steps: list[tuple[Callable[[], None], int]], seconds: float, rounds: int
+) -> list[list[float]]:
+    """img/s of each (step, batch) in each round: every round times each variant for
+    ``seconds / rounds``, in reverse order every other round, so that a machine that speeds up
+    or slows down meets all variants alike."""
+    for step, _ in steps:  # untimed: oneDNN picks and caches its kernels on first use
+        step()
+        step()
+    rates: list[list[float]] = [[] for _ in steps]
+    for r in range(rounds):
+        order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
+        for i in order:
+            rates[i].append(timed_rate(*steps[i], seconds / rounds))
+    return rates
+
+
+def print_table(variants: list, models: list, rates: list[list[float]]) -> None:
+    """One row per variant: median img/s, achieved TFLOP/s, and the paired ratio to the first."""
+    print(
+        "| model | widths | batch | fwd MFLOP/img | img/s | TFLOP/s | vs first, range | vs first |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, batch, _), model, r in zip(variants, models, rates, strict=True):
+        flops = count_flops(model)
+        shown = [group[0].out_channels for group in model.layers]  # each group's first conv
+        # each round's rate over the first variant's in the same round (same machine conditions)
+        ratios = [a / b for a, b in zip(r, rates[0], strict=True)]
+        rate = statistics.median(r)
+        print(
+            f"| {name} | {'/'.join(map(str, shown))} | {batch} | {flops / 1e6:.0f} | {rate:.0f} "
+            f"| {3 * flops * rate / 1e12:.3f} | {min(ratios):.2f}–{max(ratios):.2f} "
+            f"| {statistics.median(ratios):.2f}x |",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", type=parse_variant, default=None)
     p.add_argument("--seconds", type=float, default=12.0, help="timed seconds per variant")
+    p.add_argument("--rounds", type=int, default=4, help="alternated rounds the seconds split into")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     variants = args.variants or [parse_variant(v) for v in DEFAULT_VARIANTS]
     torch.manual_seed(0)
     precision = resolve_precision("auto", torch.device("cpu"))
-    print(f"{torch.get_num_threads()} threads, {precision}, torch {torch.__version__}")
-    print("| model | widths | batch | fwd MFLOP/img | img/s | TFLOP/s | vs first |")
-    print("|---|---|---|---|---|---|---|")
-    base = None
-    for name, batch, widths in variants:
-        model = create_model(name, **({"widths": widths} if widths else {}))
-        flops = count_flops(model)
-        shown = [group[0].out_channels for group in model.layers]  # each group's first conv
-        rate = step_rate(model, batch, precision, args.seconds)
-        base = base or rate
-        print(
-            f"| {name} | {'/'.join(map(str, shown))} | {batch} | {flops / 1e6:.0f} | {rate:.0f} "
-            f"| {3 * flops * rate / 1e12:.3f} | {rate / base:.2f}x |",
-            flush=True,
-        )
+    models = [create_model(name, **({"widths": w} if w else {})) for name, _, w in variants]
+    steps = [(make_step(m, v[1], precision), v[1]) for m, v in zip(models, variants, strict=True)]
+    rates = interleaved_rates(steps, args.seconds, args.rounds)
+    threads = torch.get_num_threads()
+    print(f"{threads} threads, {precision}, torch {torch.__version__}, {args.rounds} rounds")
+    print_table(variants, models, rates)
     return 0
 
 

@@ -194,10 +194,16 @@ def test_fastnet_widths_benchmark_prints_ratios(capsys: pytest.CaptureFixture[st
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     argv = ["--variants", "fastnet:4:8,16,16", "fastnet_small:2:8,8,8", "--seconds", "0.05"]
-    assert mod.main(argv) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fast")]
+    assert mod.main([*argv, "--rounds", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "3 rounds" in text
+    rows = [line for line in text.splitlines() if line.startswith("| fast")]
     assert len(rows) == 2
-    assert rows[0].endswith("| 1.00x |") and "| 8/16/16 | 4 |" in rows[0]
+    # the first variant against itself, round by round: exactly 1
+    assert rows[0].endswith("| 1.00–1.00 | 1.00x |") and "| 8/16/16 | 4 |" in rows[0]
     assert "| 8/8/8 | 2 |" in rows[1]
-    with pytest.raises(SystemExit):
-        mod.main(["--variants", "fastnet"])  # no batch size: an argparse error
+    low, high = (float(x) for x in rows[1].split("|")[-3].split("–"))
+    assert 0 < low <= float(rows[1].split("|")[-2].strip().rstrip("x")) <= high
+    for bad in (["--variants", "fastnet"], [*argv, "--rounds", "0"]):
+        with pytest.raises(SystemExit):  # no batch size; no rounds: argparse errors
+            mod.main(bad)

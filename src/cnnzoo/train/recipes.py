@@ -94,7 +94,7 @@ RECIPES["fast-muon"] = {
 # fast-muon on fastnet_small for 10 epochs in micro-batches of 250, 93.47% over 3 seeds; on 5,000
 # held-out images (seed 0; fast-cpu 93.20%): batch 128 93.24%, label smoothing 0.1 93.26%, lr 0.5
 # 93.06%, lookahead every 20 steps 93.18%; 11 epochs 93.30% (seed 1: 93.24% vs 92.96% at 10),
-# 12 epochs 93.58% (too slow).
+# 12 epochs 93.58% (seed 1: 93.20%; too slow).
 RECIPES["fast-cpu"] = {
     **RECIPES["fast"],
     "batch_size": 256,

@@ -9,7 +9,8 @@ the whitening initialisation, every epoch, checkpoint writes and the final test 
 images and the reported accuracy is the final weights' on the 10 000 test images (nothing is
 selected on it). To compare variants of a recipe, choose on held-out training images instead:
 ``--val 5000`` trains on the other 45 000 and adds the final weights' accuracy on the 5 000
-(evaluated after every epoch, so the wall time grows) to each row and summary.
+(evaluated after every epoch, so the wall time grows; ``--val-every 100`` evaluates them once,
+after the last epoch) to each row and summary.
 
 Achieved TFLOP/s = (3 × F × training images + F × evaluated images) / wall seconds, where F is
 the forward FLOPs per image from ``cnnzoo.models.count_flops`` (convs and matmuls only; the
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val", type=int, metavar="N", help="hold out N training images; report their accuracy"
     )
+    p.add_argument(
+        "--val-every",
+        type=int,
+        metavar="N",
+        help="with --val: evaluate the held-out images every N epochs and after the last",
+    )
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     p.add_argument("--tta-shift", type=int, help="override the recipe's translate TTA (px)")
@@ -166,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 def shared_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig overrides both configurations get."""
     overrides: dict = {"data": args.data, "quiet": True}
-    given = ("epochs", "subset", "val", "threads", "batch_size", "lr", "precision", "tta_shift")
-    for key in (*given, "alternate_flip"):
+    given = ("epochs", "subset", "val", "val_every", "threads", "batch_size", "lr", "precision")
+    for key in (*given, "tta_shift", "alternate_flip"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.compile:

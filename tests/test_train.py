@@ -121,6 +121,18 @@ def test_best_checkpoint_is_chosen_on_validation(tmp_path: Path) -> None:
     assert "optimizer" not in best  # best.pt holds weights and metadata only
 
 
+def test_val_every_skips_validation_but_not_the_last_epoch(tmp_path: Path) -> None:
+    every = train(TrainConfig(**SMALL, epochs=3, val_every=2, out=str(tmp_path / "a")))
+    each = train(TrainConfig(**SMALL, epochs=3, out=str(tmp_path / "b")))
+    assert [r["val_acc"] is None for r in every.history] == [True, False, False]
+    # skipping a pass changes no weight: the evaluated epochs score exactly as before
+    assert [r["val_acc"] for r in every.history[1:]] == [r["val_acc"] for r in each.history[1:]]
+    assert every.test_acc_last == each.test_acc_last
+    scores = {2: every.history[1]["val_acc"], 3: every.history[2]["val_acc"]}
+    assert every.best_epoch == max(scores, key=lambda e: (scores[e], -e))
+    assert load_checkpoint(tmp_path / "a" / "best.pt")["epoch"] == every.best_epoch
+
+
 def test_no_validation_set(tmp_path: Path) -> None:
     result = train(TrainConfig(**{**SMALL, "val": 0}, epochs=1, out=str(tmp_path / "r")))
     assert result.best_val_acc is None and result.history[0]["val_acc"] is None
@@ -161,6 +173,7 @@ def test_refuses_to_reuse_a_run_directory(tmp_path: Path) -> None:
         ({"model": "nope"}, "unknown model"),
         ({"precision": "fp8"}, "--precision"),
         ({"tta_shift": 9}, "--tta-shift"),
+        ({"val_every": 0}, "--val-every"),
     ],
 )
 def test_bad_values_are_user_errors(tmp_path: Path, override: dict, match: str) -> None:

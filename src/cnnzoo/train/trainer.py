@@ -295,7 +295,7 @@ class _Run:
         )
         if self.optim.lookahead is not None:
             self.optim.lookahead.end_epoch()
-        val = self.evaluate(self.evaluated, self.loaders.val) if self.loaders.val else None
+        val = self.evaluate(self.evaluated, self.loaders.val) if self._validates(epoch) else None
         if val is not None and not math.isfinite(val.loss):
             raise TrainingDiverged(
                 f"the validation loss became {val.loss} in epoch {epoch}; lower --lr "
@@ -313,8 +313,7 @@ class _Run:
         }
         self.state.epoch = epoch
         self.state.history.append(row)
-        # Without a validation set the latest epoch counts as the best (no test-set selection).
-        improved = self.state.update_best(val.acc if val else float(epoch))
+        improved = self._improved(epoch, val)
         self.saver.save(self.state, improved, self.model, self.evaluated, self.optim.state_dict())
         self.clock.reset()
         if self.dist.is_main:
@@ -324,6 +323,16 @@ class _Run:
         signum, _ = self._decide()
         if signum:
             raise self._interrupted(signum, epoch, self.steps_per_epoch)
+
+    def _validates(self, epoch: int) -> bool:
+        every = self.cfg.val_every
+        return self.loaders.val is not None and (epoch % every == 0 or epoch == self.cfg.epochs)
+
+    def _improved(self, epoch: int, val: EvalResult | None) -> bool:
+        if self.loaders.val is None:  # the latest epoch counts as the best: no test-set selection
+            return self.state.update_best(float(epoch))
+        # an epoch --val-every skipped has no score and cannot be the best
+        return val is not None and self.state.update_best(val.acc)
 
     def result(self, test_best: EvalResult | None, test_last: EvalResult | None) -> RunResult:
         st, has_val = self.state, self.loaders.val is not None

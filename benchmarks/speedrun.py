@@ -9,7 +9,7 @@ the whitening initialisation, every epoch, checkpoint writes and the final test 
 images and the reported accuracy is the final weights' on the 10 000 test images (nothing is
 selected on it). To compare variants of a recipe, choose on held-out training images instead:
 ``--val 5000`` trains on the other 45 000 and adds the final weights' accuracy on the 5 000
-(evaluated after every epoch, so the wall time grows; ``--val-every 100`` evaluates them once,
+(evaluated after every epoch, so the wall time grows; ``--val-every 99`` evaluates them once,
 after the last epoch) to each row and summary.
 
 Achieved TFLOP/s = (3 × F × training images + F × evaluated images) / wall seconds, where F is

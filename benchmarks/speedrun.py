@@ -170,11 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the flags that override both configurations' TrainConfig when given
+SHARED_FLAGS = (
+    "epochs",
+    "subset",
+    "val",
+    "val_every",
+    "threads",
+    "batch_size",
+    "lr",
+    "precision",
+    "tta_shift",
+    "alternate_flip",
+)
+
+
 def shared_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig overrides both configurations get."""
     overrides: dict = {"data": args.data, "quiet": True}
-    given = ("epochs", "subset", "val", "val_every", "threads", "batch_size", "lr", "precision")
-    for key in (*given, "tta_shift", "alternate_flip"):
+    for key in SHARED_FLAGS:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.compile:

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the recipe's flip mode",
     )
     p.add_argument(
+        "--low-res", type=int, metavar="PX", help="train the first --low-res-epochs at PX x PX"
+    )
+    p.add_argument("--low-res-epochs", type=int, metavar="N", help="epochs 1..N at --low-res")
+    p.add_argument(
         "--model-kwargs", type=json.loads, help="JSON, e.g. for widths (replaces the recipe's)"
     )
     p.add_argument(
@@ -182,6 +186,8 @@ SHARED_FLAGS = (
     "precision",
     "tta_shift",
     "alternate_flip",
+    "low_res",
+    "low_res_epochs",
 )
 
 
@@ -305,16 +311,8 @@ def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu0
     cfg_resolved = json.loads((result.out_dir / "config.json").read_text())
-    steps = cfg_resolved["steps_per_epoch"] * cfg.epochs
-    train_images = steps * cfg.batch_size
-    # one test pass and one of the held-out images per epoch: × 2 with mirror images, × 3 with
-    # translated views
-    views = (2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1)
-    held_out = 50_000 - cfg_resolved["train_images"]  # CIFAR-10's training set, less --val
-    eval_images = views * (10_000 + cfg.epochs * held_out)
-    if is_synthetic(cfg.data) or cfg.subset:
-        eval_images = None
-    total = 3 * flops * train_images + flops * (eval_images or 0)
+    train_images = cfg_resolved["steps_per_epoch"] * cfg.epochs * cfg.batch_size
+    total = flop_count(cfg, cfg_resolved, flops)
     train_seconds = sum(r["seconds"] for r in result.history)
     row = {
         "seed": seed,
@@ -335,6 +333,22 @@ def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict
         flush=True,
     )
     return row
+
+
+def flop_count(cfg, resolved: dict, flops: float) -> float:
+    """The run's FLOPs: 3× forward per trained image (forward + backward), with --low-res
+    epochs at the pixel ratio (a conv's cost goes with its output pixels), plus one forward
+    per evaluated view: the test pass and each held-out pass (× 2 with mirror images, × 3 with
+    translated views). The evaluation part is left out for synthetic data or a subset."""
+    full_epochs = cfg.epochs - cfg.low_res_epochs * (1 - (cfg.low_res / cfg.image_size) ** 2)
+    views = (2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1)
+    held_out = 50_000 - resolved["train_images"]  # CIFAR-10's training set, less --val
+    passes = sum(1 for e in range(1, cfg.epochs + 1) if e % cfg.val_every == 0 or e == cfg.epochs)
+    eval_images = views * (10_000 + passes * held_out) if held_out else views * 10_000
+    if is_synthetic(cfg.data) or cfg.subset:
+        eval_images = 0
+    trained = resolved["steps_per_epoch"] * cfg.batch_size * full_epochs
+    return 3 * flops * trained + flops * eval_images
 
 
 def _val_text(acc: float | None) -> str:

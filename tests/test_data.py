@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cnnzoo.data import Augment, TensorLoader, load_dataset, normalize, stratified_split
 from cnnzoo.data.loader import augment_batch
@@ -167,6 +168,29 @@ def test_alternating_flips_show_each_image_both_ways_in_consecutive_epochs() -> 
     e0, e1, e2, e3 = (flipped(e) for e in range(4))
     assert 0 < e0.sum() < n  # random in the first epoch
     assert torch.equal(e1, ~e0) and torch.equal(e2, e0) and torch.equal(e3, ~e0)
+
+
+def test_low_res_epochs_downsample_the_augmented_batch_then_stop() -> None:
+    x = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    y = torch.arange(16)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
+
+    def batches(aug: Augment, epoch: int) -> list[torch.Tensor]:
+        loader = TensorLoader(x, y, 8, mean, std, train=True, augment=aug, seed=5)
+        loader.set_epoch(epoch)
+        return [xb for xb, _ in loader]
+
+    full = Augment(pad=2, reflect=True, alternate_flip=True)
+    low = Augment(pad=2, reflect=True, alternate_flip=True, low_res=24, low_res_epochs=2)
+    for epoch in (1, 2):  # the same crops and flips, then an antialiased bilinear resize
+        for a, b in zip(batches(full, epoch), batches(low, epoch), strict=True):
+            assert b.shape == (8, 3, 24, 24) and b.is_contiguous(memory_format=torch.channels_last)
+            want = F.interpolate(a, size=(24, 24), mode="bilinear", antialias=True)
+            assert torch.allclose(b, want, atol=1e-6)
+            # a 4/3 downsample keeps each channel's mean (the normalisation's statistics)
+            assert torch.allclose(b.mean((2, 3)), a.mean((2, 3)), atol=0.05)
+    for a, b in zip(batches(full, 3), batches(low, 3), strict=True):
+        assert torch.equal(a, b)  # after epoch 2: the full-size batches themselves
 
 
 def _loader(seed: int = 0, rank: int = 0, world: int = 1, batch: int = 8) -> TensorLoader:

@@ -13,7 +13,7 @@ from cnnzoo.cli import build_parser, main
 from cnnzoo.commands.train import config_from_args
 from cnnzoo.errors import UserError
 from cnnzoo.models import count_flops, create_model
-from cnnzoo.train import train
+from cnnzoo.train import TrainConfig, train
 from cnnzoo.train.recipes import RECIPES, recipe_config, resolve_recipe_args
 
 TINY = {"widths": [8, 16, 16], "stem": 6}
@@ -184,6 +184,22 @@ def test_speedrun_benchmark_prints_the_figures(
     assert a["val"] == saved["val"] == 40 and a["val_every"] == saved["val_every"] == 3
     ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
     assert 0.001 < ceiling < 1000
+
+
+def test_speedrun_counts_low_res_epochs_at_their_pixel_ratio(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("speedrun", ROOT / "benchmarks" / "speedrun.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = mod.build_parser().parse_args(["--low-res", "16", "--low-res-epochs", "2"])
+    assert {"low_res": 16, "low_res_epochs": 2}.items() <= mod.shared_overrides(args).items()
+    resolved = {"train_images": 45_000, "steps_per_epoch": 10}
+    base = dict(data="x.tar.gz", epochs=4, batch_size=100, tta=False, val_every=99)
+    full = mod.flop_count(TrainConfig(**base), resolved, 1.0)
+    low = mod.flop_count(TrainConfig(**base, low_res=16, low_res_epochs=2), resolved, 1.0)
+    # 3 x 1,000 images x 4 epochs, plus the test pass and one held-out pass at the end
+    assert full == 3 * 1000 * 4 + 10_000 + 5_000
+    assert full - low == 3 * 1000 * 2 * (1 - 1 / 4)  # two epochs at a quarter of the pixels
 
 
 def test_fastnet_widths_benchmark_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:

@@ -174,6 +174,9 @@ def test_refuses_to_reuse_a_run_directory(tmp_path: Path) -> None:
         ({"precision": "fp8"}, "--precision"),
         ({"tta_shift": 9}, "--tta-shift"),
         ({"val_every": 0}, "--val-every"),
+        ({"low_res": 24}, "--low-res PX and --low-res-epochs N go together"),
+        ({"low_res_epochs": 2}, "--low-res PX and --low-res-epochs N go together"),
+        ({"low_res": 32, "low_res_epochs": 2}, "--low-res must be in"),
     ],
 )
 def test_bad_values_are_user_errors(tmp_path: Path, override: dict, match: str) -> None:
@@ -432,3 +435,21 @@ def test_progress_lines_say_when_the_whole_run_ends() -> None:
     assert run_eta([30.0, 32.0], epochs_left=58, now=0).startswith(" | run ends in 30m (~")
     assert run_eta([3900.0], epochs_left=1).startswith(" | run ends in 1h05m")
     assert run_eta([10.0], epochs_left=0) == "" and run_eta([], epochs_left=5) == ""
+
+
+def test_low_res_epochs_reach_the_model_then_full_size(tmp_path: Path, monkeypatch) -> None:
+    from cnnzoo.train import engine
+    from helpers import TINY_FASTNET_RUN
+
+    sides: list[int] = []  # the side of every training batch, in order
+    real = engine.forward_backward
+
+    def spy(model, x, *args, **kwargs):
+        sides.append(x.shape[-1])
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "forward_backward", spy)
+    cfg = TrainConfig(**TINY_FASTNET_RUN, epochs=3, low_res=16, low_res_epochs=2, out=str(tmp_path))
+    train(cfg)
+    per_epoch = json.loads((tmp_path / "config.json").read_text())["steps_per_epoch"]
+    assert sides == [16] * (2 * per_epoch) + [32] * per_epoch

@@ -22,11 +22,15 @@ from cnnzoo.data.mix import Mix, mix_batch, mix_rng
 @dataclass(frozen=True)
 class Augment:
     """Random crop with ``pad`` padding (zeros, or by reflection with ``reflect``) + horizontal
-    flip (+ optional cutout).
+    flip (+ optional cutout), and optionally low-resolution early epochs.
 
     ``alternate_flip`` (airbench, Jordan 2024): each image is flipped at random in epoch 0 and
     then flipped in every other epoch relative to that, so consecutive epochs always show both
     orientations of every image, where random flips repeat the same view in half the cases.
+
+    ``low_res`` (progressive resizing, as fast.ai's DAWNBench runs): the early epochs see each
+    augmented batch downsampled to ``low_res``×``low_res``, so a step costs about the pixel
+    ratio (24/32: ~0.56) and the last epochs, at full size, adapt the net to the test images.
     """
 
     pad: int = 4
@@ -34,6 +38,8 @@ class Augment:
     cutout: int = 0  # side of the square zeroed at a random centre; 0 = off
     alternate_flip: bool = False
     reflect: bool = False  # pad crops by reflection (airbench94), not with zeros
+    low_res: int = 0  # side the batches of the first ``low_res_epochs`` epochs are resized to
+    low_res_epochs: int = 0  # epochs 1..N (the trainer counts from 1) at ``low_res``; 0 = off
 
 
 def normalize(
@@ -45,6 +51,13 @@ def normalize(
     out = (x.float() * (1.0 / 255.0) - m) / s  # broadcast over the last (channel) dim
     out = out.permute(0, 3, 1, 2)  # a channels_last-strided NCHW view
     return out if channels_last else out.contiguous()
+
+
+def downsample(x: Tensor, side: int, channels_last: bool = True) -> Tensor:
+    """float (B,C,H,W) -> (B,C,side,side), bilinear with antialiasing (an area-like average
+    that does not alias the fine texture a plain bilinear sampling would)."""
+    out = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out.contiguous()
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -168,6 +181,8 @@ class TensorLoader:
                 dx, dy, fl, cut = (p[sl].to(self.device) if p is not None else None for p in params)
                 xb = augment_batch(xb, dx, dy, fl, cut, aug)
             xb, yb = normalize(xb, self.mean, self.std, self.channels_last), self.y[bi]
+            if aug and aug.low_res and self.epoch <= aug.low_res_epochs:
+                xb = downsample(xb, aug.low_res, self.channels_last)
             if self.mix is not None:  # one generator per (seed, epoch, rank, batch)
                 xb, yb = mix_batch(xb, yb, self.mix, mix_rng(self.seed, self.epoch, self.rank, i))
             yield xb, yb

@@ -78,6 +78,14 @@ class TrainConfig:
     alternate_flip: bool = opt(
         False, "data", "flip each image in every other epoch (random in the first), not at random"
     )
+    low_res: int = opt(
+        0,
+        "data",
+        "progressive resizing: train the first --low-res-epochs epochs on batches downsampled "
+        "to PX x PX (bilinear, antialiased), each step ~(PX/side)^2 as costly (0: off)",
+        metavar="PX",
+    )
+    low_res_epochs: int = opt(0, "data", "epochs 1..N at --low-res", metavar="N")
     mixup: float = opt(0.0, "data", "mixup with λ ~ Beta(A, A) per batch (0: off)", metavar="A")
     cutmix: float = opt(0.0, "data", "cutmix with λ ~ Beta(A, A) per batch (0: off)", metavar="A")
     # ---- optimisation
@@ -240,6 +248,15 @@ class TrainConfig:
         need(self.cutout >= 0, "--cutout must be >= 0")
         need(self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix must be >= 0")
         need(self.crop_pad >= 0, f"--crop-pad must be >= 0, got {self.crop_pad}")
+        need(
+            (self.low_res > 0) == (self.low_res_epochs > 0) and self.low_res_epochs >= 0,
+            "--low-res PX and --low-res-epochs N go together (both > 0, or both 0)",
+        )
+        need(
+            not self.low_res or MIN_IMAGE_SIZE <= self.low_res < self.image_size,
+            f"--low-res must be in [{MIN_IMAGE_SIZE}, {self.image_size}) (below --image-size), "
+            f"got {self.low_res}",
+        )
         need(
             0 <= self.tta_shift <= MAX_TTA_SHIFT,
             f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {self.tta_shift}",

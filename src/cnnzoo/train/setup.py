@@ -138,6 +138,8 @@ def build_loaders(cfg: TrainConfig, data: Dataset, rt: Runtime) -> Loaders:
         cutout=cfg.cutout,
         alternate_flip=cfg.alternate_flip,
         reflect=cfg.crop_reflect,
+        low_res=cfg.low_res,
+        low_res_epochs=cfg.low_res_epochs,
     )
     common: dict[str, Any] = dict(
         mean=data.mean,

@@ -312,7 +312,8 @@ def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict
     cpu = _cpu_seconds() - cpu0
     cfg_resolved = json.loads((result.out_dir / "config.json").read_text())
     train_images = cfg_resolved["steps_per_epoch"] * cfg.epochs * cfg.batch_size
-    total = flop_count(cfg, cfg_resolved, flops)
+    held_out_passes = sum(r["val_acc"] is not None for r in result.history)
+    total = flop_count(cfg, cfg_resolved, flops, held_out_passes)
     train_seconds = sum(r["seconds"] for r in result.history)
     row = {
         "seed": seed,
@@ -335,16 +336,16 @@ def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict
     return row
 
 
-def flop_count(cfg, resolved: dict, flops: float) -> float:
+def flop_count(cfg, resolved: dict, flops: float, held_out_passes: int) -> float:
     """The run's FLOPs: 3× forward per trained image (forward + backward), with --low-res
     epochs at the pixel ratio (a conv's cost goes with its output pixels), plus one forward
     per evaluated view: the test pass and each held-out pass (× 2 with mirror images, × 3 with
-    translated views). The evaluation part is left out for synthetic data or a subset."""
+    translated views; ``held_out_passes``: the epochs the trainer's history shows scored).
+    The evaluation part is left out for synthetic data or a subset."""
     full_epochs = cfg.epochs - cfg.low_res_epochs * (1 - (cfg.low_res / cfg.image_size) ** 2)
     views = (2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1)
     held_out = 50_000 - resolved["train_images"]  # CIFAR-10's training set, less --val
-    passes = sum(1 for e in range(1, cfg.epochs + 1) if e % cfg.val_every == 0 or e == cfg.epochs)
-    eval_images = views * (10_000 + passes * held_out) if held_out else views * 10_000
+    eval_images = views * (10_000 + held_out_passes * held_out)
     if is_synthetic(cfg.data) or cfg.subset:
         eval_images = 0
     trained = resolved["steps_per_epoch"] * cfg.batch_size * full_epochs

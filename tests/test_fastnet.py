@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,9 +14,9 @@ from cnnzoo.errors import UserError
 from cnnzoo.models import count_flops, create_model
 from cnnzoo.train import TrainConfig, train
 from cnnzoo.train.recipes import RECIPES, recipe_config, resolve_recipe_args
+from helpers import load_benchmark
 
 TINY = {"widths": [8, 16, 16], "stem": 6}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fastnet_shapes_flops_and_frozen_stem() -> None:
@@ -144,10 +143,7 @@ def test_tiny_recipe_run_learns(tmp_path: Path, name: str, model: str) -> None:
 def test_speedrun_benchmark_prints_the_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("speedrun", ROOT / "benchmarks" / "speedrun.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("speedrun")
     out_json = tmp_path / "speedrun.json"
     argv = ["--seeds", "2", "--data", "synthetic", "--epochs", "1", "--batch-size", "100"]
     argv += ["--subset", "200", "--peak-tflops", "0.5", "--precision", "fp32"]
@@ -187,10 +183,7 @@ def test_speedrun_benchmark_prints_the_figures(
 
 
 def test_speedrun_counts_low_res_epochs_at_their_pixel_ratio(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("speedrun", ROOT / "benchmarks" / "speedrun.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("speedrun")
     args = mod.build_parser().parse_args(["--low-res", "16", "--low-res-epochs", "2"])
     assert {"low_res": 16, "low_res_epochs": 2}.items() <= mod.shared_overrides(args).items()
     resolved = {"train_images": 45_000, "steps_per_epoch": 10}
@@ -203,12 +196,7 @@ def test_speedrun_counts_low_res_epochs_at_their_pixel_ratio(tmp_path: Path) -> 
 
 
 def test_fastnet_widths_benchmark_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "fastnet_widths", ROOT / "benchmarks" / "fastnet_widths.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("fastnet_widths")
     argv = ["--variants", "fastnet:4:8,16,16", "fastnet_small:2:8,8,8", "--seconds", "0.05"]
     assert mod.main([*argv, "--rounds", "3"]) == 0
     text = capsys.readouterr().out

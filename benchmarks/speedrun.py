@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     p.add_argument("--tta-shift", type=int, help="override the recipe's translate TTA (px)")
     p.add_argument(
+        "--tta-fraction", type=float, help="override the recipe's share of images given TTA"
+    )
+    p.add_argument(
         "--alternate-flip",
         action=argparse.BooleanOptionalAction,
         help="override the recipe's flip mode",
@@ -185,6 +188,7 @@ SHARED_FLAGS = (
     "lr",
     "precision",
     "tta_shift",
+    "tta_fraction",
     "alternate_flip",
     "low_res",
     "low_res_epochs",
@@ -340,10 +344,11 @@ def flop_count(cfg, resolved: dict, flops: float, held_out_passes: int) -> float
     """The run's FLOPs: 3× forward per trained image (forward + backward), with --low-res
     epochs at the pixel ratio (a conv's cost goes with its output pixels), plus one forward
     per evaluated view: the test pass and each held-out pass (× 2 with mirror images, × 3 with
-    translated views; ``held_out_passes``: the epochs the trainer's history shows scored).
-    The evaluation part is left out for synthetic data or a subset."""
+    translated views, the extra ones for --tta-fraction of the images; ``held_out_passes``: the
+    epochs the trainer's history shows scored). The evaluation part is left out for synthetic
+    data or a subset."""
     full_epochs = cfg.epochs - cfg.low_res_epochs * (1 - (cfg.low_res / cfg.image_size) ** 2)
-    views = (2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1)
+    views = 1 + cfg.tta_fraction * ((2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1) - 1)
     held_out = 50_000 - resolved["train_images"]  # CIFAR-10's training set, less --val
     eval_images = views * (10_000 + held_out_passes * held_out)
     if is_synthetic(cfg.data) or cfg.subset:

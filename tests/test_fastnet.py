@@ -195,6 +195,19 @@ def test_speedrun_counts_low_res_epochs_at_their_pixel_ratio(tmp_path: Path) -> 
     assert full - low == 3 * 1000 * 2 * (1 - 1 / 4)  # two epochs at a quarter of the pixels
 
 
+def test_speedrun_counts_gated_tta_views() -> None:
+    mod = load_benchmark("speedrun")
+    args = mod.build_parser().parse_args(["--tta-fraction", "0.3"])
+    assert mod.shared_overrides(args)["tta_fraction"] == 0.3
+    resolved = {"train_images": 50_000, "steps_per_epoch": 10}
+    base = dict(data="x.tar.gz", epochs=1, batch_size=100, tta=True, tta_shift=1, val=0)
+    train_flops = 3 * 1000
+    full = mod.flop_count(TrainConfig(**base), resolved, 1.0, held_out_passes=0)
+    gated = mod.flop_count(TrainConfig(**base, tta_fraction=0.3), resolved, 1.0, 0)
+    assert full - train_flops == 6 * 10_000  # mirror x 3 positions, every test image
+    assert gated - train_flops == pytest.approx((1 + 0.3 * 5) * 10_000)  # plain + 5 for 30%
+
+
 def test_fastnet_widths_benchmark_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:
     mod = load_benchmark("fastnet_widths")
     argv = ["--variants", "fastnet:4:8,16,16", "fastnet_small:2:8,8,8", "--seconds", "0.05"]

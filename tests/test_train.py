@@ -173,6 +173,8 @@ def test_refuses_to_reuse_a_run_directory(tmp_path: Path) -> None:
         ({"model": "nope"}, "unknown model"),
         ({"precision": "fp8"}, "--precision"),
         ({"tta_shift": 9}, "--tta-shift"),
+        ({"tta_fraction": 0.0}, "--tta-fraction"),
+        ({"tta_fraction": 1.5}, "--tta-fraction"),
         ({"val_every": 0}, "--val-every"),
         ({"low_res": 24}, "--low-res PX and --low-res-epochs N go together"),
         ({"low_res_epochs": 2}, "--low-res PX and --low-res-epochs N go together"),
@@ -240,6 +242,70 @@ def test_translate_tta_averages_shifted_views_with_reflection() -> None:
     assert res.loss == pytest.approx(expected, rel=1e-5)
     plain = evaluate(model, [(x, y)], 4, contextlib.nullcontext)
     assert plain.loss != pytest.approx(expected, rel=1e-5)  # the shifted views do count
+
+
+class _CountingModel(torch.nn.Module):
+    """A linear classifier of 3x8x8 images that counts the images it is shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+def test_tta_fraction_gives_only_the_least_sure_images_the_extra_views() -> None:
+    from cnnzoo.train.engine import evaluate
+
+    torch.manual_seed(0)
+    model = _CountingModel()
+    x, y = torch.randn(10, 3, 8, 8), torch.randint(0, 4, (10,))
+    nll = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        plain = model(x)
+        unsure = plain.softmax(1).amax(1).argsort()[:3]  # the 3 lowest top probabilities
+    full = evaluate(model, [(x, y)], 4, contextlib.nullcontext, tta=True, tta_shift=1)
+    model.seen = 0
+    gated = evaluate(
+        model, [(x, y)], 4, contextlib.nullcontext, tta=True, tta_shift=1, tta_fraction=0.3
+    )
+    # 10 plain views, then for the 3 unsure ones the mirror and 2 shifts x 2: 10 + 3 + 12
+    assert model.seen == 25
+    # full TTA's per-image losses for the unsure three, the plain ones for the rest
+    model.seen = 0
+    per_image = [
+        evaluate(model, [(x[i : i + 1], y[i : i + 1])], 4, contextlib.nullcontext, tta=True,
+                 tta_shift=1).loss
+        for i in range(10)
+    ]  # fmt: skip
+    with torch.no_grad():
+        plain_loss = nll(plain, y, reduction="none")
+    expected = [per_image[i] if i in unsure.tolist() else plain_loss[i].item() for i in range(10)]
+    assert gated.loss == pytest.approx(sum(expected) / 10, rel=1e-5)
+    assert gated.loss != pytest.approx(full.loss, rel=1e-5)  # the confident seven kept plain
+    assert evaluate(
+        model, [(x, y)], 4, contextlib.nullcontext, tta=True, tta_shift=1, tta_fraction=1.0
+    ).loss == pytest.approx(full.loss, rel=1e-6)
+
+
+def test_eval_uses_the_runs_tta_fraction_and_refuses_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from helpers import assert_one_error_line, run_main
+
+    out = tmp_path / "r"
+    cfg = TrainConfig(**SMALL, epochs=1, tta=True, tta_shift=1, tta_fraction=0.5, out=str(out))
+    summary = train(cfg)
+    code, text, _ = run_main(["eval", str(out / "best.pt"), "--format", "json"], capsys)
+    assert code == 0
+    result = json.loads(text)
+    assert result["accuracy"] == pytest.approx(summary.test_acc)
+    assert result["views"] == "flip TTA + shifts of ±1 px for the 50% least sure"
+    code, _, err = run_main(["eval", str(out / "best.pt"), "--tta-fraction", "0"], capsys)
+    assert code != 0 and "--tta-fraction must be in (0, 1]" in assert_one_error_line(err)
 
 
 def test_resume_redoes_gradflow_rows_of_an_unfinished_epoch(tmp_path: Path) -> None:

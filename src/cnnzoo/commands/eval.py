@@ -38,6 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="also views translated by ±PX (default: as the run was evaluated)",
     )
+    p.add_argument(
+        "--tta-fraction",
+        type=float,
+        metavar="F",
+        help="TTA only for the fraction F of each batch the plain pass is least sure of "
+        "(default: as the run was evaluated)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1000)
     p.set_defaults(func=run)
@@ -50,6 +57,7 @@ def evaluate_checkpoint(
     tta: bool = False,
     batch_size: int = 1000,
     tta_shift: int = 0,
+    tta_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (a path, or an already loaded checkpoint dict) on its dataset's test
     split; returns accuracy, per-class accuracy and the confusion matrix."""
@@ -66,6 +74,8 @@ def evaluate_checkpoint(
         raise UserError("--batch-size must be at least 1")
     if not 0 <= tta_shift <= MAX_TTA_SHIFT:
         raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {tta_shift}")
+    if not 0 < tta_fraction <= 1:
+        raise UserError(f"--tta-fraction must be in (0, 1], got {tta_fraction}")
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
     ds = load_dataset(
@@ -90,6 +100,7 @@ def evaluate_checkpoint(
         lambda: autocast(dev, precision),
         tta=tta,
         tta_shift=tta_shift,
+        tta_fraction=tta_fraction,
     )
     conf = res.confusion
     per_class = (conf.diag().double() / conf.sum(1).clamp(min=1).double()).tolist()
@@ -148,14 +159,24 @@ def run(args: argparse.Namespace) -> int:
     args.tta = bool(trained.get("tta", False)) if args.tta is None else args.tta
     if args.tta_shift is None:
         args.tta_shift = int(trained.get("tta_shift", 0)) if args.tta else 0
+    if args.tta_fraction is None:
+        args.tta_fraction = float(trained.get("tta_fraction", 1.0))
     result = evaluate_checkpoint(
-        source, args.data, args.device, args.tta, args.batch_size, args.tta_shift
+        source,
+        args.data,
+        args.device,
+        args.tta,
+        args.batch_size,
+        args.tta_shift,
+        args.tta_fraction,
     )
     result["checkpoint"] = args.checkpoint or f"pretrained {args.pretrained}"
     views = (
         "image only"
         if not args.tta
-        else "flip TTA" + (f" + shifts of ±{args.tta_shift} px" if args.tta_shift else "")
+        else "flip TTA"
+        + (f" + shifts of ±{args.tta_shift} px" if args.tta_shift else "")
+        + (f" for the {args.tta_fraction:.0%} least sure" if args.tta_fraction < 1 else "")
     )
     if args.out:
         out: Path | None = Path(args.out)

@@ -164,6 +164,13 @@ class TrainConfig:
     tta_shift: int = opt(
         0, "optimisation", "TTA also over views shifted by ±PX pixels (0: off)", metavar="PX"
     )
+    tta_fraction: float = opt(
+        1.0,
+        "optimisation",
+        "TTA only for this fraction of each evaluation batch, the images the plain forward pass "
+        "is least sure of; the rest keep their plain prediction (1: all)",
+        metavar="F",
+    )
     seed: int = opt(0, "optimisation", "seed of the weights, split, order and augmentation")
     # ---- runtime
     device: str = opt("auto", "runtime", "auto, cpu, cuda, cuda:N or mps")
@@ -260,6 +267,9 @@ class TrainConfig:
         need(
             0 <= self.tta_shift <= MAX_TTA_SHIFT,
             f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {self.tta_shift}",
+        )
+        need(
+            0 < self.tta_fraction <= 1, f"--tta-fraction must be in (0, 1], got {self.tta_fraction}"
         )
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
         need(

@@ -126,7 +126,14 @@ class _Run:
         """The run's evaluation: its TTA settings, summed over ranks."""
         cfg = self.cfg
         return evaluate(
-            model, loader, self.data.num_classes, self.amp, cfg.tta, self.dist, cfg.tta_shift
+            model,
+            loader,
+            self.data.num_classes,
+            self.amp,
+            cfg.tta,
+            self.dist,
+            cfg.tta_shift,
+            cfg.tta_fraction,
         )
 
     @property

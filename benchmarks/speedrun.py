@@ -33,12 +33,15 @@ backward pass is counted as 2 forwards). It is compared with three peaks:
 ``--versus MODEL:RECIPE`` runs that second configuration too, alternating the two seed by seed
 (A0 B0 A1 B1 ...) so that both meet the same machine conditions, and prints each one's summary
 and the ratio of their mean wall times (A / B). The other overrides apply to both, except
-``--model-kwargs`` and ``--micro-batch``, which are A's only: ``--micro-batch 250`` runs
-``fast-muon``'s batch of 2000 in chunks on a CPU, where chunking ``fast``'s batch of 1024 would
-change its BatchNorm (each chunk normalises over itself)::
+``--model-kwargs``, ``--micro-batch`` and ``--set``, which are A's only: ``--micro-batch 250``
+runs ``fast-muon``'s batch of 2000 in chunks on a CPU, where chunking ``fast``'s batch of 1024
+would change its BatchNorm (each chunk normalises over itself); ``--set KEY=VALUE ...`` changes
+any TrainConfig field of A alone, so a candidate recipe meets the baseline as it is defined::
 
     python benchmarks/speedrun.py --seeds 3 --model fastnet --recipe fast-muon \
         --micro-batch 250 --versus fastnet:fast
+    python benchmarks/speedrun.py --seeds 5 --versus fastnet:fast \
+        --set epochs=11 tta_fraction=0.3
 """
 
 from __future__ import annotations
@@ -159,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run the first configuration's batches in chunks of N (not --versus's)",
     )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig fields for the first configuration only (not --versus's), values "
+        "as JSON: a candidate recipe against a fixed baseline, e.g. --set epochs=11 "
+        "tta_fraction=0.3 (epochs keeps the warm-up's share, as --epochs does)",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
@@ -206,11 +218,32 @@ def shared_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+# fields --set may not touch: each run's own, or set by this script's other flags
+NOT_SETTABLE = {"model", "seed", "out", "resume", "model_kwargs", "data", "quiet"}
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """``["epochs=11", "tta_fraction=0.3"]`` -> {"epochs": 11, "tta_fraction": 0.3}: each value
+    read as JSON, else kept as a string; keys must be TrainConfig fields."""
+    fields = TrainConfig.__dataclass_fields__.keys() - NOT_SETTABLE
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE with KEY a TrainConfig field")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
 def configurations(args: argparse.Namespace) -> dict[tuple[str, str], tuple[dict | None, dict]]:
-    """(model, recipe) -> (its --model-kwargs, its own overrides), A first. --model-kwargs and
-    --micro-batch are A's only: --versus runs its recipe as it is (chunking fast's batch would
-    change its BatchNorm)."""
+    """(model, recipe) -> (its --model-kwargs, its own overrides), A first. --model-kwargs,
+    --micro-batch and --set are A's only: --versus runs its recipe as it is (chunking fast's
+    batch would change its BatchNorm)."""
     own = {"micro_batch": args.micro_batch} if args.micro_batch is not None else {}
+    own.update(parse_sets(args.set))
     configs = {(args.model, args.recipe): (args.model_kwargs, own)}
     if args.versus:
         model_b, _, recipe_b = args.versus.partition(":")
@@ -263,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     "runs": {f"{m}:{r}": rs for (m, r), rs in rows.items()},
                     "flops_per_image": flops,
                     "overrides": overrides,
-                    "first_only": own,  # --micro-batch: not applied to --versus
+                    "first_only": own,  # --micro-batch, --set: not applied to --versus
                     "precision": precision,
                     "peaks_tflops": peaks,
                 },

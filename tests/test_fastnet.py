@@ -195,6 +195,20 @@ def test_speedrun_counts_low_res_epochs_at_their_pixel_ratio(tmp_path: Path) -> 
     assert full - low == 3 * 1000 * 2 * (1 - 1 / 4)  # two epochs at a quarter of the pixels
 
 
+def test_speedrun_set_changes_the_first_configuration_only() -> None:
+    mod = load_benchmark("speedrun")
+    argv = ["--versus", "fastnet:fast", "--epochs", "3", "--micro-batch", "64"]
+    args = mod.build_parser().parse_args([*argv, "--set", "epochs=11", "tta_fraction=0.3"])
+    (a, (_, own_a)), (b, (_, own_b)) = mod.configurations(args).items()
+    assert (a, b) == (("fastnet_small", "fast-cpu"), ("fastnet", "fast"))
+    assert own_a == {"micro_batch": 64, "epochs": 11, "tta_fraction": 0.3} and own_b == {}
+    assert mod.shared_overrides(args)["epochs"] == 3  # what --set does not name stays shared
+    assert mod.parse_sets(["precision=bf16"]) == {"precision": "bf16"}  # not JSON: a string
+    for bad in (["seed=3"], ["epochs"], ["nope=1"]):
+        with pytest.raises(UserError, match="--set"):
+            mod.parse_sets(bad)
+
+
 def test_speedrun_counts_gated_tta_views() -> None:
     mod = load_benchmark("speedrun")
     args = mod.build_parser().parse_args(["--tta-fraction", "0.3"])

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from helpers import TINY_FASTNET_RUN
 from helpers import load_benchmark as _load
 
 
@@ -49,3 +53,25 @@ def test_eval_speed_prints_each_variant_against_the_first(capsys: pytest.Capture
     assert low <= float(rows[1][4].strip().rstrip("x")) <= high
     with pytest.raises(SystemExit):
         mod.main(["--variants", "20:0"])  # a fraction must be in (0, 1]
+
+
+def test_tta_views_reproduces_the_runs_held_out_accuracy(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cnnzoo.errors import UserError
+    from cnnzoo.train import TrainConfig, train
+
+    run = tmp_path / "r"
+    cfg = TrainConfig(**TINY_FASTNET_RUN, epochs=1, tta=True, tta_shift=1, out=str(run))
+    held_out = train(cfg).history[-1]["val_acc"]
+    mod = _load("tta_views")
+    assert mod.main([str(run), "--fractions", "0.5", "--json", str(tmp_path / "v.json")]) == 0
+    scores = json.loads((tmp_path / "v.json").read_text())[str(run)]
+    # the same views on the same held-out images and weights as the trainer's evaluation
+    assert scores["recipe"] == pytest.approx(100 * held_out, abs=1e-9)
+    assert {"plain", "flip", "corners", "grid", "recipe+2", "grid@0.5"} <= scores.keys()
+    assert "| recipe | " in capsys.readouterr().out
+    no_val = tmp_path / "n"
+    train(TrainConfig(**{**TINY_FASTNET_RUN, "val": 0}, epochs=1, out=str(no_val)))
+    with pytest.raises(UserError, match="held out no images"):
+        mod.main([str(no_val)])

@@ -199,6 +199,12 @@ def _tta(
     return 0.5 * logits + 0.25 * shifted
 
 
+def tta_count(fraction: float, n: int) -> int:
+    """How many of a batch of ``n`` get TTA under ``--tta-fraction``: ceil(fraction x n), at
+    least one (0.3 x 1000 is 300, not 301, whatever the float rounding)."""
+    return max(1, min(n, math.ceil(fraction * n - 1e-9)))
+
+
 def _gated_tta(model: nn.Module, x: Tensor, flip: bool, shift: int, fraction: float) -> Tensor:
     """TTA for the ``fraction`` of the batch the plain forward pass is least sure of (lowest top
     softmax probability), the plain logits for the rest (after the 2025 CIFAR-10 speed-run
@@ -207,7 +213,7 @@ def _gated_tta(model: nn.Module, x: Tensor, flip: bool, shift: int, fraction: fl
     if fraction >= 1 or not (flip or shift):
         return _tta(model, x, flip, shift)
     plain = model(x).float()  # (B, classes)
-    k = math.ceil(fraction * x.shape[0])
+    k = tta_count(fraction, x.shape[0])
     unsure = plain.softmax(1).amax(1).topk(k, largest=False).indices  # (k,)
     logits = plain.clone()
     logits[unsure] = _tta(model, x[unsure], flip, shift, plain=plain[unsure])

@@ -28,7 +28,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from cnnzoo.data import load_dataset
-from cnnzoo.train.engine import evaluate
+from cnnzoo.train.engine import TTA, evaluate
 from cnnzoo.train.precision import cpu_key
 from cnnzoo.train.recipes import recipe_config
 from cnnzoo.train.runtime import autocast
@@ -133,9 +133,7 @@ def time_eval(args, cfg, num_classes, model, loaders, amp_ctx) -> None:
     n = min(args.eval_images, len(test.x))
     sub = itertools.islice(iter(test), max(1, n // cfg.eval_batch_size))
     start = time.perf_counter()
-    res = evaluate(
-        model, sub, num_classes, amp_ctx, tta=cfg.tta, tta_shift=cfg.tta_shift if cfg.tta else 0
-    )
+    res = evaluate(model, sub, num_classes, amp_ctx, TTA.from_config(cfg))
     sec = time.perf_counter() - start
     print(
         f"\nevaluation ({'flip' if cfg.tta else 'no'} TTA, shift {cfg.tta_shift}): "

@@ -62,6 +62,7 @@ from cnnzoo.data.cifar import is_synthetic
 from cnnzoo.errors import UserError
 from cnnzoo.models import count_flops, create_model
 from cnnzoo.train import TrainConfig, train
+from cnnzoo.train.engine import TTA
 from cnnzoo.train.recipes import recipe_config
 from cnnzoo.train.runtime import resolve_precision
 
@@ -145,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta-fraction", type=float, help="override the recipe's share of images given TTA"
     )
     p.add_argument(
+        "--tta-grid",
+        action=argparse.BooleanOptionalAction,
+        help="override the recipe's TTA translations (all 9 or airbench94's 2)",
+    )
+    p.add_argument(
         "--alternate-flip",
         action=argparse.BooleanOptionalAction,
         help="override the recipe's flip mode",
@@ -201,6 +207,7 @@ SHARED_FLAGS = (
     "precision",
     "tta_shift",
     "tta_fraction",
+    "tta_grid",
     "alternate_flip",
     "low_res",
     "low_res_epochs",
@@ -377,11 +384,11 @@ def flop_count(cfg, resolved: dict, flops: float, held_out_passes: int) -> float
     """The run's FLOPs: 3× forward per trained image (forward + backward), with --low-res
     epochs at the pixel ratio (a conv's cost goes with its output pixels), plus one forward
     per evaluated view: the test pass and each held-out pass (× 2 with mirror images, × 3 with
-    translated views, the extra ones for --tta-fraction of the images; ``held_out_passes``: the
-    epochs the trainer's history shows scored). The evaluation part is left out for synthetic
-    data or a subset."""
+    translated views, × 9 with --tta-grid, the extra ones for --tta-fraction of the images;
+    ``held_out_passes``: the epochs the trainer's history shows scored). The evaluation part is
+    left out for synthetic data or a subset."""
     full_epochs = cfg.epochs - cfg.low_res_epochs * (1 - (cfg.low_res / cfg.image_size) ** 2)
-    views = 1 + cfg.tta_fraction * ((2 if cfg.tta else 1) * (3 if cfg.tta_shift else 1) - 1)
+    views = TTA.from_config(cfg).passes_per_image
     held_out = 50_000 - resolved["train_images"]  # CIFAR-10's training set, less --val
     eval_images = views * (10_000 + held_out_passes * held_out)
     if is_synthetic(cfg.data) or cfg.subset:

@@ -43,16 +43,22 @@ def test_profile_step_splits_a_step_into_categories(capsys: pytest.CaptureFixtur
 def test_eval_speed_prints_each_variant_against_the_first(capsys: pytest.CaptureFixture) -> None:
     mod = _load("eval_speed")
     argv = ["--model", "fastnet_small", "--images", "40", "--seconds", "0.2", "--rounds", "2"]
-    assert mod.main([*argv, "--variants", "20:1", "20:0.25"]) == 0
+    assert mod.main([*argv, "--variants", "20:1", "20:0.25", "20:0.25:grid"]) == 0
     out = capsys.readouterr().out
     assert "flip + shifts ±1" in out  # fast-cpu's views
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 20 ")]
-    assert [r[1].strip() for r in rows] == ["1", "0.25"]
-    assert rows[0][3].strip() == "1.00–1.00"  # the first variant against itself, every round
-    low, high = map(float, rows[1][3].split("–"))
-    assert low <= float(rows[1][4].strip().rstrip("x")) <= high
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        ("1", "recipe"),
+        ("0.25", "recipe"),
+        ("0.25", "grid"),
+    ]
+    assert rows[0][4].strip() == "1.00–1.00"  # the first variant against itself, every round
+    low, high = map(float, rows[1][4].split("–"))
+    assert low <= float(rows[1][5].strip().rstrip("x")) <= high
     with pytest.raises(SystemExit):
         mod.main(["--variants", "20:0"])  # a fraction must be in (0, 1]
+    with pytest.raises(SystemExit):
+        mod.main(["--variants", "20:1:grit"])
 
 
 def test_tta_views_reproduces_the_runs_held_out_accuracy(

@@ -175,6 +175,7 @@ def test_refuses_to_reuse_a_run_directory(tmp_path: Path) -> None:
         ({"tta_shift": 9}, "--tta-shift"),
         ({"tta_fraction": 0.0}, "--tta-fraction"),
         ({"tta_fraction": 1.5}, "--tta-fraction"),
+        ({"tta_grid": True}, "--tta-grid needs --tta-shift"),
         ({"val_every": 0}, "--val-every"),
         ({"low_res": 24}, "--low-res PX and --low-res-epochs N go together"),
         ({"low_res_epochs": 2}, "--low-res PX and --low-res-epochs N go together"),
@@ -225,7 +226,7 @@ def test_bf16_autocast_and_ema_run(tmp_path: Path) -> None:
 
 
 def test_translate_tta_averages_shifted_views_with_reflection() -> None:
-    from cnnzoo.train.engine import evaluate
+    from cnnzoo.train.engine import TTA, evaluate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
@@ -238,7 +239,7 @@ def test_translate_tta_averages_shifted_views_with_reflection() -> None:
     with torch.no_grad():
         logits = 0.5 * model(x) + 0.25 * (model(up_left) + model(down_right))
         expected = torch.nn.functional.cross_entropy(logits, y).item()
-    res = evaluate(model, [(x, y)], 4, contextlib.nullcontext, tta_shift=1)
+    res = evaluate(model, [(x, y)], 4, contextlib.nullcontext, TTA(shift=1))
     assert res.loss == pytest.approx(expected, rel=1e-5)
     plain = evaluate(model, [(x, y)], 4, contextlib.nullcontext)
     assert plain.loss != pytest.approx(expected, rel=1e-5)  # the shifted views do count
@@ -257,8 +258,29 @@ class _CountingModel(torch.nn.Module):
         return self.net(x)
 
 
+def test_grid_tta_averages_all_nine_translations_and_their_mirrors() -> None:
+    from cnnzoo.train.engine import TTA, evaluate
+
+    torch.manual_seed(0)
+    model = _CountingModel()
+    x, y = torch.randn(5, 3, 8, 8), torch.randint(0, 4, (5,))
+    # view (dy, dx) built independently: rows and columns shifted by d, reflected at the edges
+    ahead = torch.tensor([1, 2, 3, 4, 5, 6, 7, 6])  # d = +1
+    behind = torch.tensor([1, 0, 1, 2, 3, 4, 5, 6])  # d = -1
+    index = {-1: behind, 0: torch.arange(8), 1: ahead}
+    with torch.no_grad():
+        views = [x[:, :, index[dy]][:, :, :, index[dx]] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        logits = sum(0.5 * (model(v) + model(v.flip(3))) for v in views) / 9
+        expected = torch.nn.functional.cross_entropy(logits, y).item()
+    model.seen = 0
+    res = evaluate(model, [(x, y)], 4, contextlib.nullcontext, TTA(True, 1, grid=True))
+    assert res.loss == pytest.approx(expected, rel=1e-5)
+    assert model.seen == 5 * 18 and TTA(True, 1, grid=True).views == 18
+    assert TTA(True, 1, grid=True, fraction=0.3).passes_per_image == pytest.approx(1 + 0.3 * 17)
+
+
 def test_tta_fraction_gives_only_the_least_sure_images_the_extra_views() -> None:
-    from cnnzoo.train.engine import evaluate
+    from cnnzoo.train.engine import TTA, evaluate
 
     torch.manual_seed(0)
     model = _CountingModel()
@@ -267,18 +289,16 @@ def test_tta_fraction_gives_only_the_least_sure_images_the_extra_views() -> None
     with torch.no_grad():
         plain = model(x)
         unsure = plain.softmax(1).amax(1).argsort()[:3]  # the 3 lowest top probabilities
-    full = evaluate(model, [(x, y)], 4, contextlib.nullcontext, tta=True, tta_shift=1)
+    full = evaluate(model, [(x, y)], 4, contextlib.nullcontext, TTA(True, 1))
     model.seen = 0
-    gated = evaluate(
-        model, [(x, y)], 4, contextlib.nullcontext, tta=True, tta_shift=1, tta_fraction=0.3
-    )
+    gated = evaluate(model, [(x, y)], 4, contextlib.nullcontext, TTA(True, 1, fraction=0.3))
     # 10 plain views, then for the 3 unsure ones the mirror and 2 shifts x 2: 10 + 3 + 12
     assert model.seen == 25
     # full TTA's per-image losses for the unsure three, the plain ones for the rest
     model.seen = 0
     per_image = [
-        evaluate(model, [(x[i : i + 1], y[i : i + 1])], 4, contextlib.nullcontext, tta=True,
-                 tta_shift=1).loss
+        evaluate(model, [(x[i : i + 1], y[i : i + 1])], 4, contextlib.nullcontext,
+                 TTA(True, 1)).loss
         for i in range(10)
     ]  # fmt: skip
     with torch.no_grad():
@@ -286,24 +306,26 @@ def test_tta_fraction_gives_only_the_least_sure_images_the_extra_views() -> None
     expected = [per_image[i] if i in unsure.tolist() else plain_loss[i].item() for i in range(10)]
     assert gated.loss == pytest.approx(sum(expected) / 10, rel=1e-5)
     assert gated.loss != pytest.approx(full.loss, rel=1e-5)  # the confident seven kept plain
-    assert evaluate(
-        model, [(x, y)], 4, contextlib.nullcontext, tta=True, tta_shift=1, tta_fraction=1.0
-    ).loss == pytest.approx(full.loss, rel=1e-6)
+    whole = TTA(True, 1, fraction=1.0)
+    assert evaluate(model, [(x, y)], 4, contextlib.nullcontext, whole).loss == pytest.approx(
+        full.loss, rel=1e-6
+    )
 
 
-def test_eval_uses_the_runs_tta_fraction_and_refuses_a_bad_one(
+def test_eval_uses_the_runs_tta_views_and_refuses_a_bad_fraction(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     from helpers import assert_one_error_line, run_main
 
     out = tmp_path / "r"
-    cfg = TrainConfig(**SMALL, epochs=1, tta=True, tta_shift=1, tta_fraction=0.5, out=str(out))
+    tta = dict(tta=True, tta_shift=1, tta_grid=True, tta_fraction=0.5)
+    cfg = TrainConfig(**SMALL, epochs=1, **tta, out=str(out))
     summary = train(cfg)
     code, text, _ = run_main(["eval", str(out / "best.pt"), "--format", "json"], capsys)
     assert code == 0
     result = json.loads(text)
     assert result["accuracy"] == pytest.approx(summary.test_acc)
-    assert result["views"] == "flip TTA + shifts of ±1 px for the 50% least sure"
+    assert result["views"] == "flip TTA + shifts of ±1 px on a 3x3 grid for the 50% least sure"
     code, _, err = run_main(["eval", str(out / "best.pt"), "--tta-fraction", "0"], capsys)
     assert code != 0 and "--tta-fraction must be in (0, 1]" in assert_one_error_line(err)
 

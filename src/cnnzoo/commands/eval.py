@@ -7,7 +7,10 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cnnzoo.train.engine import TTA
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also views translated by ±PX (default: as the run was evaluated)",
     )
     p.add_argument(
+        "--tta-grid",
+        action=argparse.BooleanOptionalAction,
+        help="with --tta-shift: all 9 translations, equal weights (default: as the run was "
+        "evaluated)",
+    )
+    p.add_argument(
         "--tta-fraction",
         type=float,
         metavar="F",
@@ -54,28 +63,30 @@ def evaluate_checkpoint(
     checkpoint: str | dict[str, Any],
     data: str | None = None,
     device: str = "auto",
-    tta: bool = False,
+    tta: TTA | None = None,
     batch_size: int = 1000,
-    tta_shift: int = 0,
-    tta_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (a path, or an already loaded checkpoint dict) on its dataset's test
-    split; returns accuracy, per-class accuracy and the confusion matrix."""
+    split, averaging the views of ``tta`` (default: the image alone); returns accuracy,
+    per-class accuracy and the confusion matrix."""
     import torch
 
     from cnnzoo.data import TensorLoader, load_dataset
     from cnnzoo.errors import UserError
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
     from cnnzoo.train.config import MAX_TTA_SHIFT
-    from cnnzoo.train.engine import evaluate
+    from cnnzoo.train.engine import TTA, evaluate
     from cnnzoo.train.runtime import autocast, resolve_device, resolve_precision
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if not 0 <= tta_shift <= MAX_TTA_SHIFT:
-        raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {tta_shift}")
-    if not 0 < tta_fraction <= 1:
-        raise UserError(f"--tta-fraction must be in (0, 1], got {tta_fraction}")
+    tta = tta or TTA()
+    if not 0 <= tta.shift <= MAX_TTA_SHIFT:
+        raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {tta.shift}")
+    if not 0 < tta.fraction <= 1:
+        raise UserError(f"--tta-fraction must be in (0, 1], got {tta.fraction}")
+    if tta.grid and not tta.shift:
+        raise UserError("--tta-grid needs --tta-shift PX (PX >= 1)")
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
     ds = load_dataset(
@@ -98,9 +109,7 @@ def evaluate_checkpoint(
         loader,
         ds.num_classes,
         lambda: autocast(dev, precision),
-        tta=tta,
-        tta_shift=tta_shift,
-        tta_fraction=tta_fraction,
+        tta,
     )
     conf = res.confusion
     per_class = (conf.diag().double() / conf.sum(1).clamp(min=1).double()).tolist()
@@ -142,6 +151,7 @@ def write_confusion(result: dict[str, Any], out: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from cnnzoo.errors import UserError
+    from cnnzoo.train.engine import TTA
 
     if (args.checkpoint is None) == (args.pretrained is None):
         raise UserError("give a checkpoint or --pretrained MODEL (one of the two)")
@@ -159,23 +169,19 @@ def run(args: argparse.Namespace) -> int:
     args.tta = bool(trained.get("tta", False)) if args.tta is None else args.tta
     if args.tta_shift is None:
         args.tta_shift = int(trained.get("tta_shift", 0)) if args.tta else 0
+    if args.tta_grid is None:
+        args.tta_grid = bool(trained.get("tta_grid", False)) and args.tta_shift > 0
     if args.tta_fraction is None:
         args.tta_fraction = float(trained.get("tta_fraction", 1.0))
-    result = evaluate_checkpoint(
-        source,
-        args.data,
-        args.device,
-        args.tta,
-        args.batch_size,
-        args.tta_shift,
-        args.tta_fraction,
-    )
+    tta = TTA(args.tta, args.tta_shift, args.tta_grid, args.tta_fraction)
+    result = evaluate_checkpoint(source, args.data, args.device, tta, args.batch_size)
     result["checkpoint"] = args.checkpoint or f"pretrained {args.pretrained}"
     views = (
         "image only"
         if not args.tta
         else "flip TTA"
         + (f" + shifts of ±{args.tta_shift} px" if args.tta_shift else "")
+        + (" on a 3x3 grid" if args.tta_grid else "")
         + (f" for the {args.tta_fraction:.0%} least sure" if args.tta_fraction < 1 else "")
     )
     if args.out:

@@ -45,6 +45,7 @@ def weights_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
         "val_acc": ckpt.get("val_acc"),
         "tta": bool(cfg.get("tta", False)),
         "tta_shift": int(cfg.get("tta_shift", 0)),
+        "tta_grid": bool(cfg.get("tta_grid", False)),
         "tta_fraction": float(cfg.get("tta_fraction", 1.0)),
     }
 

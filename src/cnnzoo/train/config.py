@@ -164,6 +164,12 @@ class TrainConfig:
     tta_shift: int = opt(
         0, "optimisation", "TTA also over views shifted by ±PX pixels (0: off)", metavar="PX"
     )
+    tta_grid: bool = opt(
+        False,
+        "optimisation",
+        "with --tta-shift PX: average all 9 translations of {-PX, 0, PX}² (equal weights) "
+        "instead of airbench94's untranslated ½ + two diagonal ¼",
+    )
     tta_fraction: float = opt(
         1.0,
         "optimisation",
@@ -268,6 +274,7 @@ class TrainConfig:
             0 <= self.tta_shift <= MAX_TTA_SHIFT,
             f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {self.tta_shift}",
         )
+        need(not self.tta_grid or self.tta_shift > 0, "--tta-grid needs --tta-shift PX (PX >= 1)")
         need(
             0 < self.tta_fraction <= 1, f"--tta-fraction must be in (0, 1], got {self.tta_fraction}"
         )

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +176,39 @@ def check_finite(totals: Tensor, step: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class TTA:
+    """The views an evaluation averages (test-time augmentation).
+
+    ``flip``: each image and its mirror image, ½ each. ``shift`` = s > 0: also the image
+    translated by s pixels (reflection padding): by (-s, -s) and (+s, +s), weighted
+    ½ (untranslated) + ¼ + ¼, as airbench94; with ``grid`` all 9 translations of {-s, 0, s}²,
+    equal weights. ``fraction`` < 1: only that share of each batch, the images the plain forward
+    pass is least sure of, gets the extra views; the rest keep their plain logits."""
+
+    flip: bool = False
+    shift: int = 0
+    grid: bool = False
+    fraction: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TTA:
+        """A run's views from its TrainConfig (``tta``, ``tta_shift``, ``tta_grid``,
+        ``tta_fraction``)."""
+        return cls(cfg.tta, cfg.tta_shift, cfg.tta_grid, cfg.tta_fraction)
+
+    @property
+    def views(self) -> int:
+        """Forward passes per image given the full set of views."""
+        positions = (9 if self.grid else 3) if self.shift else 1
+        return (2 if self.flip else 1) * positions
+
+    @property
+    def passes_per_image(self) -> float:
+        """Forward passes per image on average: the plain one, plus the rest for ``fraction``."""
+        return self.views if self.fraction >= 1 else 1 + self.fraction * (self.views - 1)
+
+
 def _flip_tta(model: nn.Module, x: Tensor, flip: bool, plain: Tensor | None = None) -> Tensor:
     """float32 logits of ``x``, averaged with those of its mirror image when ``flip``;
     ``plain`` (the logits of ``x`` alone, already computed) saves one forward pass."""
@@ -182,21 +216,21 @@ def _flip_tta(model: nn.Module, x: Tensor, flip: bool, plain: Tensor | None = No
     return 0.5 * (logits + model(x.flip(3)).float()) if flip else logits
 
 
-def _tta(
-    model: nn.Module, x: Tensor, flip: bool, shift: int, plain: Tensor | None = None
-) -> Tensor:
-    """airbench94's TTA: the (mirror-averaged) logits of ``x``, and with ``shift`` = s > 0 those
-    of ``x`` translated by (-s, -s) and (+s, +s) pixels (reflection padding), weighted
-    1/2 + 1/4 + 1/4. x: (B, C, H, W) -> (B, classes) float32."""
-    logits = _flip_tta(model, x, flip, plain)
-    if not shift:
+def _tta(model: nn.Module, x: Tensor, tta: TTA, plain: Tensor | None = None) -> Tensor:
+    """The logits of ``x`` averaged over ``tta``'s views. x: (B, C, H, W) -> (B, classes)."""
+    logits = _flip_tta(model, x, tta.flip, plain)
+    if not tta.shift:
         return logits
-    h, w = x.shape[2:]
-    padded = F.pad(x, (shift, shift, shift, shift), mode="reflect")  # (B, C, H+2s, W+2s)
-    up_left = padded[:, :, :h, :w]
-    down_right = padded[:, :, 2 * shift :, 2 * shift :]
-    shifted = _flip_tta(model, up_left, flip) + _flip_tta(model, down_right, flip)
-    return 0.5 * logits + 0.25 * shifted
+    s, (h, w) = tta.shift, x.shape[2:]
+    padded = F.pad(x, (s, s, s, s), mode="reflect")  # (B, C, H+2s, W+2s)
+
+    def moved(dy: int, dx: int) -> Tensor:  # the view translated by (dy, dx): (B, C, H, W)
+        return _flip_tta(model, padded[:, :, s + dy : s + dy + h, s + dx : s + dx + w], tta.flip)
+
+    if tta.grid:
+        around = [(dy, dx) for dy in (-s, 0, s) for dx in (-s, 0, s) if dy or dx]
+        return (logits + sum(moved(dy, dx) for dy, dx in around)) / 9
+    return 0.5 * logits + 0.25 * (moved(-s, -s) + moved(s, s))
 
 
 def tta_count(fraction: float, n: int) -> int:
@@ -205,18 +239,18 @@ def tta_count(fraction: float, n: int) -> int:
     return max(1, min(n, math.ceil(fraction * n - 1e-9)))
 
 
-def _gated_tta(model: nn.Module, x: Tensor, flip: bool, shift: int, fraction: float) -> Tensor:
-    """TTA for the ``fraction`` of the batch the plain forward pass is least sure of (lowest top
-    softmax probability), the plain logits for the rest (after the 2025 CIFAR-10 speed-run
-    record by Hiverge): the confident images rarely change their answer under TTA, so most of
-    its forward passes are saved. ``fraction`` 1: every image."""
-    if fraction >= 1 or not (flip or shift):
-        return _tta(model, x, flip, shift)
+def _gated_tta(model: nn.Module, x: Tensor, tta: TTA) -> Tensor:
+    """TTA for the ``tta.fraction`` of the batch the plain forward pass is least sure of
+    (lowest top softmax probability), the plain logits for the rest (after the 2025 CIFAR-10
+    speed-run record by Hiverge): the confident images rarely change their answer under TTA, so
+    most of its forward passes are saved."""
+    if tta.fraction >= 1 or tta.views == 1:
+        return _tta(model, x, tta)
     plain = model(x).float()  # (B, classes)
-    k = tta_count(fraction, x.shape[0])
+    k = tta_count(tta.fraction, x.shape[0])
     unsure = plain.softmax(1).amax(1).topk(k, largest=False).indices  # (k,)
     logits = plain.clone()
-    logits[unsure] = _tta(model, x[unsure], flip, shift, plain=plain[unsure])
+    logits[unsure] = _tta(model, x[unsure], tta, plain=plain[unsure])
     return logits
 
 
@@ -226,17 +260,12 @@ def evaluate(
     batches: Iterable[tuple[Tensor, Tensor]],
     num_classes: int,
     amp: Callable[[], contextlib.AbstractContextManager],
-    tta: bool = False,
+    tta: TTA | None = None,
     dist_info: DistInfo | None = None,
-    tta_shift: int = 0,
-    tta_fraction: float = 1.0,
 ) -> EvalResult:
-    """Loss, accuracy and confusion matrix over ``batches`` (summed over ranks).
-    With ``tta`` the logits of each image and its mirror image are averaged; with
-    ``tta_shift`` = s > 0 also those of the image translated by (-s, -s) and (+s, +s) pixels
-    (reflection padding), weighted 1/2 (untranslated) + 1/4 + 1/4, as airbench94's TTA. With
-    ``tta_fraction`` < 1 only that fraction of each batch, the images the plain pass is least
-    sure of, gets the extra views (``_gated_tta``)."""
+    """Loss, accuracy and confusion matrix over ``batches`` (summed over ranks), each image's
+    logits averaged over the views of ``tta`` (default: the image alone)."""
+    tta = tta or TTA()
     model.eval()
     device = next(model.parameters()).device
     totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, count
@@ -244,7 +273,7 @@ def evaluate(
     criterion = nn.CrossEntropyLoss(reduction="sum")
     for x, y in batches:
         with amp():
-            logits = _gated_tta(model, x, tta, tta_shift, tta_fraction)
+            logits = _gated_tta(model, x, tta)
         totals[0] += criterion(logits, y).double()
         totals[1] += y.numel()
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=confusion.numel())

@@ -27,7 +27,14 @@ from cnnzoo.models import create_model
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.callbacks import Callbacks
 from cnnzoo.train.config import TrainConfig, lr_at, whiten_bias_lr_at
-from cnnzoo.train.engine import EpochPosition, EvalResult, check_finite, evaluate, train_epoch
+from cnnzoo.train.engine import (
+    TTA,
+    EpochPosition,
+    EvalResult,
+    check_finite,
+    evaluate,
+    train_epoch,
+)
 from cnnzoo.train.interrupt import CheckpointClock, StopSignals
 from cnnzoo.train.progress import Progress
 from cnnzoo.train.rundir import (
@@ -106,6 +113,7 @@ class _Run:
         self.dist = rt.dist
         self.net = self._wrap()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.tta = TTA.from_config(cfg)
         self.steps_per_epoch = len(loaders.train)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.progress = Progress(cfg.epochs, quiet=cfg.quiet, enabled=self.dist.is_main)
@@ -124,17 +132,7 @@ class _Run:
 
     def evaluate(self, model: nn.Module, loader) -> EvalResult:
         """The run's evaluation: its TTA settings, summed over ranks."""
-        cfg = self.cfg
-        return evaluate(
-            model,
-            loader,
-            self.data.num_classes,
-            self.amp,
-            cfg.tta,
-            self.dist,
-            cfg.tta_shift,
-            cfg.tta_fraction,
-        )
+        return evaluate(model, loader, self.data.num_classes, self.amp, self.tta, self.dist)
 
     @property
     def evaluated(self) -> nn.Module:

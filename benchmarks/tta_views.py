@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     scores = {str(run): score_run(run, tuple(args.fractions)) for run in args.runs}
     runs = list(scores.values())
     print(f"held-out accuracy (%) by views, {len(runs)} run(s); 'vs recipe' paired per run")
-    print("| views | " + " | ".join(r.name for r in args.runs) + " | mean | vs recipe |")
+    names = [f"{r.parent.name}/{r.name}" for r in args.runs]  # seed dirs of several variants
+    print("| views | " + " | ".join(names) + " | mean | vs recipe |")
     print("|---|" + "---:|" * len(runs) + "---:|---|")
     for name in runs[0]:
         accs = [r[name] for r in runs]

@@ -24,6 +24,7 @@ and the paired difference to ``recipe`` per run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnzoo.data import load_dataset, stratified_split
+from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.loader import normalize
 from cnnzoo.errors import UserError
 from cnnzoo.train import load_checkpoint, model_from_checkpoint
@@ -93,12 +95,18 @@ def gated(plain: Tensor, full: Tensor, fraction: float, batch: int) -> Tensor:
     return out
 
 
+@functools.cache
+def _dataset(name: str, source: str) -> Dataset:
+    """Each dataset read once, however many runs of it are scored."""
+    return load_dataset(name, source, quiet=True)
+
+
 def score_run(run: Path, fractions: tuple[float, ...]) -> dict[str, float]:
     """Held-out accuracy (%) of ``run``'s final weights under each view set and gate."""
     cfg = json.loads((run / "config.json").read_text())
     if not cfg.get("val"):
         raise UserError(f"{run} held out no images (trained without --val N)")
-    data = load_dataset(cfg["dataset"], cfg["data"], quiet=True)
+    data = _dataset(cfg["dataset"], cfg["data"])
     _, val_idx = stratified_split(data.train_y, cfg["val"], seed=cfg["seed"])
     x = normalize(data.train_x[val_idx], data.mean, data.std, channels_last=False)
     y = data.train_y[val_idx]

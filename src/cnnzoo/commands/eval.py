@@ -74,19 +74,14 @@ def evaluate_checkpoint(
     from cnnzoo.data import TensorLoader, load_dataset
     from cnnzoo.errors import UserError
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
-    from cnnzoo.train.config import MAX_TTA_SHIFT
+    from cnnzoo.train.config import check_tta
     from cnnzoo.train.engine import TTA, evaluate
     from cnnzoo.train.runtime import autocast, resolve_device, resolve_precision
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     tta = tta or TTA()
-    if not 0 <= tta.shift <= MAX_TTA_SHIFT:
-        raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {tta.shift}")
-    if not 0 < tta.fraction <= 1:
-        raise UserError(f"--tta-fraction must be in (0, 1], got {tta.fraction}")
-    if tta.grid and not tta.shift:
-        raise UserError("--tta-grid needs --tta-shift PX (PX >= 1)")
+    check_tta(tta.shift, tta.grid, tta.fraction)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
     ds = load_dataset(

@@ -24,6 +24,17 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512  # --image-size; each model also checks 
 CHECKPOINT_MINUTES = 5.0
 
 
+def check_tta(shift: int, grid: bool, fraction: float) -> None:
+    """Raise ``UserError`` for TTA settings no evaluation can use (training and ``cnnzoo eval``
+    both check here)."""
+    if not 0 <= shift <= MAX_TTA_SHIFT:
+        raise UserError(f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {shift}")
+    if grid and shift < 1:
+        raise UserError("--tta-grid needs --tta-shift PX (PX >= 1)")
+    if not 0 < fraction <= 1:
+        raise UserError(f"--tta-fraction must be in (0, 1], got {fraction}")
+
+
 def opt(default: Any, group: str, help: str, **cli: Any) -> Any:
     """A field with its command-line option: ``--name-with-dashes`` in ``group``. ``cli`` goes
     to ``argparse.add_argument`` (``type`` is the default's unless given; a bool is an
@@ -270,14 +281,7 @@ class TrainConfig:
             f"--low-res must be in [{MIN_IMAGE_SIZE}, {self.image_size}) (below --image-size), "
             f"got {self.low_res}",
         )
-        need(
-            0 <= self.tta_shift <= MAX_TTA_SHIFT,
-            f"--tta-shift must be in [0, {MAX_TTA_SHIFT}], got {self.tta_shift}",
-        )
-        need(not self.tta_grid or self.tta_shift > 0, "--tta-grid needs --tta-shift PX (PX >= 1)")
-        need(
-            0 < self.tta_fraction <= 1, f"--tta-fraction must be in (0, 1], got {self.tta_fraction}"
-        )
+        check_tta(self.tta_shift, self.tta_grid, self.tta_fraction)
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
         need(
             MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,

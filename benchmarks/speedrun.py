@@ -59,7 +59,7 @@ import torch
 
 from cnnzoo.atomic import atomic_open
 from cnnzoo.data.cifar import is_synthetic
-from cnnzoo.errors import UserError
+from cnnzoo.errors import Interrupted, UserError
 from cnnzoo.models import count_flops, create_model
 from cnnzoo.train import TrainConfig, train
 from cnnzoo.train.engine import TTA
@@ -191,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run this configuration, alternating seed by seed; print the time ratio",
     )
     p.add_argument("--out", help="keep run directories here (default: a temporary folder)")
-    p.add_argument("--json", help="also write the per-seed figures and summary to this file")
+    p.add_argument(
+        "--json",
+        help="also write the per-seed figures to this file, rewritten after every run "
+        '("finished": false until the last, so a stopped campaign keeps its seeds)',
+    )
     return p
 
 
@@ -284,12 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+    facts = {"flops_per_image": flops, "overrides": overrides, "first_only": own}
+    facts |= {"precision": precision, "peaks_tflops": peaks}  # first_only: --micro-batch, --set
     for seed in range(args.first_seed, args.first_seed + args.seeds):  # A0 B0 A1 B1 ...
         for (model, recipe), (kwargs, extra) in configs.items():
             out = root / f"{model}-{recipe}-seed{seed}"
             rows[(model, recipe)].append(
                 run_one(model, recipe, seed, out, {**overrides, **extra}, kwargs, measured)
             )
+            if args.json:  # after every run: a campaign stopped at seed 3 keeps seeds 0-2
+                write_json(args.json, rows, facts, finished=False)
     print_report(rows, precision, peaks)
     print(
         f"peaks: conv ceiling {measured:.3f} TFLOP/s ({peak_note}, "
@@ -297,22 +305,18 @@ def main(argv: list[str] | None = None) -> int:
         f"theoretical fp32 {theo32:.2f} TFLOP/s = {theo32_basis}"
     )
     if args.json:
-        with atomic_open(args.json, "w") as f:
-            json.dump(
-                {
-                    "runs": {f"{m}:{r}": rs for (m, r), rs in rows.items()},
-                    "flops_per_image": flops,
-                    "overrides": overrides,
-                    "first_only": own,  # --micro-batch, --set: not applied to --versus
-                    "precision": precision,
-                    "peaks_tflops": peaks,
-                },
-                f,
-                indent=1,
-            )
+        write_json(args.json, rows, facts, finished=True)
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def write_json(path: str, rows: dict, facts: dict, finished: bool) -> None:
+    """The per-seed figures so far and the run's facts, replaced whole (temp file, then rename);
+    ``finished`` is False until every seed has run."""
+    runs = {f"{m}:{r}": rs for (m, r), rs in rows.items()}
+    with atomic_open(path, "w") as f:
+        json.dump({"runs": runs, **facts, "finished": finished}, f, indent=1)
 
 
 def print_report(rows: dict, precision: str, peaks: dict[str, float]) -> None:
@@ -429,3 +433,6 @@ if __name__ == "__main__":
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:  # SIGINT/SIGTERM: the run says where to resume; --json kept
+        print(err, file=sys.stderr)  # the seeds finished before it
+        sys.exit(err.exit_code)

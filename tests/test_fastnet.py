@@ -10,7 +10,7 @@ import torch
 
 from cnnzoo.cli import build_parser, main
 from cnnzoo.commands.train import config_from_args
-from cnnzoo.errors import UserError
+from cnnzoo.errors import Interrupted, UserError
 from cnnzoo.models import count_flops, create_model
 from cnnzoo.train import TrainConfig, train
 from cnnzoo.train.recipes import RECIPES, recipe_config, resolve_recipe_args
@@ -154,6 +154,7 @@ def test_speedrun_benchmark_prints_the_figures(
     assert "summary over 2 seed(s), fastnet_small --recipe fast-cpu" in text
     runs = json.loads(out_json.read_text())["runs"]["fastnet_small:fast-cpu"]
     assert len(runs) == 2 and all(r["wall_s"] > 0 and r["tflops"] > 0 for r in runs)
+    assert json.loads(out_json.read_text())["finished"] is True
     assert "| 2 | fp32 |" in text and "| – |" in text and "theoretical fp32" in text
     assert all(r["val_acc"] is None for r in runs)
     saved = json.loads((tmp_path / "fastnet_small-fast-cpu-seed0" / "config.json").read_text())
@@ -180,6 +181,28 @@ def test_speedrun_benchmark_prints_the_figures(
     assert a["val"] == saved["val"] == 40 and a["val_every"] == saved["val_every"] == 3
     ceiling = mod.measured_conv_tflops("fp32", seconds=0.1)
     assert 0.001 < ceiling < 1000
+
+
+def test_speedrun_json_keeps_the_seeds_run_before_a_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = load_benchmark("speedrun")
+    done: list[int] = []
+
+    def run_one(model: str, recipe: str, seed: int, *rest: object) -> dict:
+        if done:  # the second run is stopped, as SIGTERM stops a real one
+            raise Interrupted(15, "interrupted; resume with: ...")
+        done.append(seed)
+        return {"seed": seed, "wall_s": 1.0, "test_acc": 0.9, "val_acc": None}
+
+    monkeypatch.setattr(mod, "run_one", run_one)
+    out_json = tmp_path / "speedrun.json"
+    argv = ["--seeds", "3", "--data", "synthetic", "--peak-tflops", "0.5", "--precision", "fp32"]
+    with pytest.raises(Interrupted):
+        mod.main([*argv, "--out", str(tmp_path), "--json", str(out_json)])
+    saved = json.loads(out_json.read_text())
+    assert [r["seed"] for r in saved["runs"]["fastnet_small:fast-cpu"]] == [0]
+    assert saved["finished"] is False and saved["precision"] == "fp32"
 
 
 def test_speedrun_counts_low_res_epochs_at_their_pixel_ratio(tmp_path: Path) -> None:

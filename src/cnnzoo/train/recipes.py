@@ -102,7 +102,9 @@ RECIPES["fast-muon"] = {
 # image, --tta-grid not established (+0.10 at batch 256, -0.03 at 128). 11 epochs at batch 128
 # with --tta-fraction 0.3, 5 seeds on the test images (2026-12-05, Zen 4, bf16): 93.66 +- 0.23%
 # against 93.78%, so not adopted; `fast` leads this recipe by ~1.0 point held out
-# (docs/results/accuracy/fast-cpu/README.md, "What is left").
+# (docs/results/accuracy/fast-cpu/README.md, "What is left"). Width for epochs at this cost,
+# held out (2026-12-05, Zen 4, bf16): 32/224/224 x 8 epochs -0.32 (2 seeds), 32/160/160 x 12
+# +0.03 (5 seeds), 24/160/160 x 13 -0.07 (3 seeds, ~15% slower): flat, so the widths stay.
 RECIPES["fast-cpu"] = {
     **RECIPES["fast"],
     "batch_size": 256,

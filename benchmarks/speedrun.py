@@ -288,8 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
-    facts = {"flops_per_image": flops, "overrides": overrides, "first_only": own}
-    facts |= {"precision": precision, "peaks_tflops": peaks}  # first_only: --micro-batch, --set
+    facts = {
+        "flops_per_image": flops,
+        "overrides": overrides,
+        "first_only": own,  # --micro-batch, --set: not applied to --versus
+        "precision": precision,
+        "peaks_tflops": peaks,
+    }
     for seed in range(args.first_seed, args.first_seed + args.seeds):  # A0 B0 A1 B1 ...
         for (model, recipe), (kwargs, extra) in configs.items():
             out = root / f"{model}-{recipe}-seed{seed}"
@@ -433,6 +438,7 @@ if __name__ == "__main__":
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except Interrupted as err:  # SIGINT/SIGTERM: the run says where to resume; --json kept
-        print(err, file=sys.stderr)  # the seeds finished before it
+    except Interrupted as err:  # as the CLI: the run's resume line, exit 128 + signum; --json
+        if str(err):  # already holds the seeds finished before the stop
+            print(err, file=sys.stderr)
         sys.exit(err.exit_code)

@@ -152,9 +152,10 @@ def test_speedrun_benchmark_prints_the_figures(
     text = capsys.readouterr().out
     assert "fastnet_small fast-cpu seed 1:" in text and "TFLOP/s" in text
     assert "summary over 2 seed(s), fastnet_small --recipe fast-cpu" in text
-    runs = json.loads(out_json.read_text())["runs"]["fastnet_small:fast-cpu"]
+    written = json.loads(out_json.read_text())
+    runs = written["runs"]["fastnet_small:fast-cpu"]
     assert len(runs) == 2 and all(r["wall_s"] > 0 and r["tflops"] > 0 for r in runs)
-    assert json.loads(out_json.read_text())["finished"] is True
+    assert written["finished"] is True
     assert "| 2 | fp32 |" in text and "| – |" in text and "theoretical fp32" in text
     assert all(r["val_acc"] is None for r in runs)
     saved = json.loads((tmp_path / "fastnet_small-fast-cpu-seed0" / "config.json").read_text())

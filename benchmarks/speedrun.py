@@ -42,6 +42,10 @@ any TrainConfig field of A alone, so a candidate recipe meets the baseline as it
         --micro-batch 250 --versus fastnet:fast
     python benchmarks/speedrun.py --seeds 5 --versus fastnet:fast \
         --set epochs=11 tta_fraction=0.3
+    python benchmarks/speedrun.py --seeds 2 --versus fastnet_small:fast-cpu --set epochs=11
+
+(the last: a candidate against its own recipe as it is, labelled ``fast-cpu+set`` in the lines,
+the JSON and its run directories).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -249,17 +254,45 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def configurations(args: argparse.Namespace) -> dict[tuple[str, str], tuple[dict | None, dict]]:
-    """(model, recipe) -> (its --model-kwargs, its own overrides), A first. --model-kwargs,
-    --micro-batch and --set are A's only: --versus runs its recipe as it is (chunking fast's
-    batch would change its BatchNorm)."""
+class Config(NamedTuple):
+    """One configuration of the run: a model, a recipe, and what it changes of them."""
+
+    model: str
+    recipe: str
+    model_kwargs: dict | None  # --model-kwargs (None: the recipe's)
+    own: dict  # TrainConfig overrides of this configuration alone (--micro-batch, --set)
+    label: str  # "model:recipe", with "+set" for A when --versus names A's model and recipe
+
+    @property
+    def title(self) -> str:
+        """How the printed lines name it: "fastnet_small fast-cpu" (or "... fast-cpu+set")."""
+        return self.label.replace(":", " ", 1)
+
+    def run_dir(self, root: Path, seed: int) -> Path:
+        return root / f"{self.label.replace(':', '-', 1).replace('+', '-')}-seed{seed}"
+
+
+def configurations(args: argparse.Namespace) -> list[Config]:
+    """A, then B when --versus is given. --model-kwargs, --micro-batch and --set are A's only:
+    --versus runs its recipe as it is (chunking fast's batch would change its BatchNorm). A
+    candidate against its own recipe (``--set epochs=11 --versus fastnet_small:fast-cpu``) is
+    labelled "+set"; the two must differ in something."""
     own = {"micro_batch": args.micro_batch} if args.micro_batch is not None else {}
     own.update(parse_sets(args.set))
-    configs = {(args.model, args.recipe): (args.model_kwargs, own)}
-    if args.versus:
-        model_b, _, recipe_b = args.versus.partition(":")
-        configs[(model_b, recipe_b or args.recipe)] = (None, {})
-    return configs
+    label = f"{args.model}:{args.recipe}"
+    a = Config(args.model, args.recipe, args.model_kwargs, own, label)
+    if not args.versus:
+        return [a]
+    model_b, _, recipe_b = args.versus.partition(":")
+    b = Config(model_b, recipe_b or args.recipe, None, {}, f"{model_b}:{recipe_b or args.recipe}")
+    if b.label == label:
+        if not own and args.model_kwargs is None:
+            raise UserError(
+                f"--versus {args.versus} is the first configuration itself; tell them apart "
+                "with --set, --model-kwargs or --micro-batch"
+            )
+        a = a._replace(label=f"{label}+set")
+    return [a, b]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides, configs = shared_overrides(args), configurations(args)
     base = recipe_config(args.recipe, args.model)
     flops = count_flops(create_model(args.model, **_model_kwargs(base, args.model_kwargs)))
+    own = configs[0].own
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(args.precision or base.precision, torch.device("cpu"))
@@ -279,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     peak_note = "given" if args.peak_tflops else f"measured, {precision} 3x3 conv fwd+bwd"
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="speedrun-")
     root = Path(args.out or tmp.name)  # type: ignore[union-attr]
-    own = configs[(args.model, args.recipe)][1]
     print(
         f"speed run: {args.model} --recipe {args.recipe} {overrides | own}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
@@ -287,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         f"TFLOP/s ({peak_note})",
         flush=True,
     )
-    rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+    rows: dict[str, list[dict]] = {c.label: [] for c in configs}
     facts = {
         "flops_per_image": flops,
         "overrides": overrides,
@@ -296,14 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         "peaks_tflops": peaks,
     }
     for seed in range(args.first_seed, args.first_seed + args.seeds):  # A0 B0 A1 B1 ...
-        for (model, recipe), (kwargs, extra) in configs.items():
-            out = root / f"{model}-{recipe}-seed{seed}"
-            rows[(model, recipe)].append(
-                run_one(model, recipe, seed, out, {**overrides, **extra}, kwargs, measured)
+        for c in configs:
+            overrides_c = {**overrides, **c.own}
+            rows[c.label].append(
+                run_one(c, seed, c.run_dir(root, seed), overrides_c, c.model_kwargs, measured)
             )
             if args.json:  # after every run: a campaign stopped at seed 3 keeps seeds 0-2
                 write_json(args.json, rows, facts, finished=False)
-    print_report(rows, precision, peaks)
+    print_report(configs, rows, precision, peaks)
     print(
         f"peaks: conv ceiling {measured:.3f} TFLOP/s ({peak_note}, "
         f"{torch.get_num_threads()} threads); theoretical bf16 {theo:.2f} TFLOP/s = {theo_basis}; "
@@ -318,24 +351,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_json(path: str, rows: dict, facts: dict, finished: bool) -> None:
     """The per-seed figures so far and the run's facts, replaced whole (temp file, then rename);
-    ``finished`` is False until every seed has run."""
-    runs = {f"{m}:{r}": rs for (m, r), rs in rows.items()}
+    ``finished`` is False until every seed has run. ``rows``: label ("model:recipe") -> runs."""
     with atomic_open(path, "w") as f:
-        json.dump({"runs": runs, **facts, "finished": finished}, f, indent=1)
+        json.dump({"runs": rows, **facts, "finished": finished}, f, indent=1)
 
 
-def print_report(rows: dict, precision: str, peaks: dict[str, float]) -> None:
+def print_report(
+    configs: list[Config], rows: dict[str, list[dict]], precision: str, peaks: dict[str, float]
+) -> None:
     """Each configuration's summary row, then the A / B wall-time ratio when there are two."""
-    for (model, recipe), rs in rows.items():
-        print(f"\nsummary over {len(rs)} seed(s), {model} --recipe {recipe}:")
+    for c in configs:
+        rs = rows[c.label]
+        print(f"\nsummary over {len(rs)} seed(s), {c.model} --recipe {c.recipe}{_set_note(c)}:")
         print(TABLE_HEAD)
         print(summarize(rs, precision, peaks["measured"], peaks["bf16"], peaks["fp32"]))
-    if len(rows) == 2:
-        (a, ra), (b, rb) = rows.items()
+    if len(configs) == 2:
+        (a, b), (ra, rb) = configs, (rows[c.label] for c in configs)
         ratio = statistics.fmean(r["wall_s"] for r in ra) / statistics.fmean(
             r["wall_s"] for r in rb
         )
-        print(f"\nwall time {a[0]} {a[1]} / {b[0]} {b[1]}: {ratio:.3f}x (same run, alternated)")
+        print(f"\nwall time {a.title} / {b.title}: {ratio:.3f}x (same run, alternated)")
 
 
 TABLE_HEAD = (
@@ -349,8 +384,13 @@ def _model_kwargs(base: TrainConfig, given: dict | None) -> dict:
     return base.model_kwargs if given is None else given
 
 
-def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict:
+def _set_note(c: Config) -> str:
+    return f" with {c.own}" if c.label.endswith("+set") else ""
+
+
+def run_one(config: Config, seed, out, overrides, model_kwargs, measured) -> dict:
     """One full training run, timed around the whole ``train`` call."""
+    model, recipe = config.model, config.recipe
     base = recipe_config(recipe, model)
     kwargs = _model_kwargs(base, model_kwargs)
     flops = count_flops(create_model(model, **kwargs))  # forward FLOPs per 32×32 image
@@ -380,7 +420,7 @@ def run_one(model, recipe, seed, out, overrides, model_kwargs, measured) -> dict
         "epoch_s": [r["seconds"] for r in result.history],
     }
     print(
-        f"{model} {recipe} seed {seed}: wall {wall:7.1f} s (CPU {cpu:.0f} s; training "
+        f"{config.title} seed {seed}: wall {wall:7.1f} s (CPU {cpu:.0f} s; training "
         f"{train_seconds:.1f} s, {row['img_per_s']:.0f} img/s), test acc "
         f"{row['test_acc']:.4f}{_val_text(row['val_acc'])}, {row['tflops']:.3f} TFLOP/s = "
         f"{row['tflops'] / measured:.0%} of the measured {measured:.3f}",

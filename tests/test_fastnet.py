@@ -190,7 +190,7 @@ def test_speedrun_json_keeps_the_seeds_run_before_a_stop(
     mod = load_benchmark("speedrun")
     done: list[int] = []
 
-    def run_one(model: str, recipe: str, seed: int, *rest: object) -> dict:
+    def run_one(config: object, seed: int, *rest: object) -> dict:
         if done:  # the second run is stopped, as SIGTERM stops a real one
             raise Interrupted(15, "interrupted; resume with: ...")
         done.append(seed)
@@ -223,14 +223,51 @@ def test_speedrun_set_changes_the_first_configuration_only() -> None:
     mod = load_benchmark("speedrun")
     argv = ["--versus", "fastnet:fast", "--epochs", "3", "--micro-batch", "64"]
     args = mod.build_parser().parse_args([*argv, "--set", "epochs=11", "tta_fraction=0.3"])
-    (a, (_, own_a)), (b, (_, own_b)) = mod.configurations(args).items()
-    assert (a, b) == (("fastnet_small", "fast-cpu"), ("fastnet", "fast"))
-    assert own_a == {"micro_batch": 64, "epochs": 11, "tta_fraction": 0.3} and own_b == {}
+    a, b = mod.configurations(args)
+    assert (a.model, a.recipe) == ("fastnet_small", "fast-cpu") and b.model == "fastnet"
+    assert a.own == {"micro_batch": 64, "epochs": 11, "tta_fraction": 0.3} and b.own == {}
+    assert (a.label, b.label) == ("fastnet_small:fast-cpu", "fastnet:fast")
     assert mod.shared_overrides(args)["epochs"] == 3  # what --set does not name stays shared
     assert mod.parse_sets(["precision=bf16"]) == {"precision": "bf16"}  # not JSON: a string
     for bad in (["seed=3"], ["epochs"], ["nope=1"]):
         with pytest.raises(UserError, match="--set"):
             mod.parse_sets(bad)
+
+
+def test_speedrun_set_against_its_own_recipe_runs_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--set epochs=11 --versus fastnet_small:fast-cpu: the candidate and the recipe as it is,
+    alternated, each in its own run directory and JSON entry (they once shared one key, and
+    only the baseline ran)."""
+    mod = load_benchmark("speedrun")
+    ran: list[tuple[str, int, dict, str]] = []
+
+    def run_one(config, seed: int, out: Path, overrides: dict, *rest: object) -> dict:
+        ran.append((config.label, seed, overrides, out.name))
+        return {"seed": seed, "wall_s": 2.0 if "epochs" in config.own else 1.0,
+                "test_acc": 0.9, "val_acc": None, "img_per_s": 1.0, "tflops": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(mod, "run_one", run_one)
+    out_json = tmp_path / "speedrun.json"
+    argv = ["--seeds", "2", "--data", "synthetic", "--peak-tflops", "0.5", "--precision", "fp32"]
+    argv += ["--versus", "fastnet_small:fast-cpu", "--out", str(tmp_path), "--json", str(out_json)]
+    assert mod.main([*argv, "--set", "epochs=11"]) == 0
+    labels = [(label, seed) for label, seed, _, _ in ran]
+    a, b = "fastnet_small:fast-cpu+set", "fastnet_small:fast-cpu"
+    assert labels == [(a, 0), (b, 0), (a, 1), (b, 1)]
+    assert ran[0][2]["epochs"] == 11 and "epochs" not in ran[1][2]
+    assert [r[3] for r in ran[:2]] == [
+        "fastnet_small-fast-cpu-set-seed0",
+        "fastnet_small-fast-cpu-seed0",
+    ]
+    saved = json.loads(out_json.read_text())["runs"]
+    assert sorted(saved) == [b, a] and all(len(rs) == 2 for rs in saved.values())
+    text = capsys.readouterr().out
+    assert "wall time fastnet_small fast-cpu+set / fastnet_small fast-cpu: 2.000x" in text
+    assert "fastnet_small --recipe fast-cpu with {'epochs': 11}:" in text
+    with pytest.raises(UserError, match="--versus fastnet_small:fast-cpu is the first"):
+        mod.main(argv)  # nothing tells the two apart
 
 
 def test_speedrun_counts_gated_tta_views() -> None:

@@ -284,7 +284,8 @@ def configurations(args: argparse.Namespace) -> list[Config]:
     if not args.versus:
         return [a]
     model_b, _, recipe_b = args.versus.partition(":")
-    b = Config(model_b, recipe_b or args.recipe, None, {}, f"{model_b}:{recipe_b or args.recipe}")
+    recipe_b = recipe_b or args.recipe
+    b = Config(model_b, recipe_b, None, {}, f"{model_b}:{recipe_b}")
     if b.label == label:
         if not own and args.model_kwargs is None:
             raise UserError(
@@ -302,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides, configs = shared_overrides(args), configurations(args)
     base = recipe_config(args.recipe, args.model)
     flops = count_flops(create_model(args.model, **_model_kwargs(base, args.model_kwargs)))
-    own = configs[0].own
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(args.precision or base.precision, torch.device("cpu"))
@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     peak_note = "given" if args.peak_tflops else f"measured, {precision} 3x3 conv fwd+bwd"
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="speedrun-")
     root = Path(args.out or tmp.name)  # type: ignore[union-attr]
+    own = configs[0].own
     print(
         f"speed run: {args.model} --recipe {args.recipe} {overrides | own}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
@@ -330,10 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for seed in range(args.first_seed, args.first_seed + args.seeds):  # A0 B0 A1 B1 ...
         for c in configs:
-            overrides_c = {**overrides, **c.own}
-            rows[c.label].append(
-                run_one(c, seed, c.run_dir(root, seed), overrides_c, c.model_kwargs, measured)
-            )
+            out = c.run_dir(root, seed)
+            rows[c.label].append(run_one(c, seed, out, {**overrides, **c.own}, measured))
             if args.json:  # after every run: a campaign stopped at seed 3 keeps seeds 0-2
                 write_json(args.json, rows, facts, finished=False)
     print_report(configs, rows, precision, peaks)
@@ -388,11 +387,11 @@ def _set_note(c: Config) -> str:
     return f" with {c.own}" if c.label.endswith("+set") else ""
 
 
-def run_one(config: Config, seed, out, overrides, model_kwargs, measured) -> dict:
+def run_one(config: Config, seed, out, overrides, measured) -> dict:
     """One full training run, timed around the whole ``train`` call."""
     model, recipe = config.model, config.recipe
     base = recipe_config(recipe, model)
-    kwargs = _model_kwargs(base, model_kwargs)
+    kwargs = _model_kwargs(base, config.model_kwargs)
     flops = count_flops(create_model(model, **kwargs))  # forward FLOPs per 32×32 image
     if "epochs" in overrides:  # the warm-up keeps its share of the run (fast: 23%, as airbench94)
         share = base.warmup_epochs / base.epochs

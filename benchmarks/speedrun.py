@@ -403,9 +403,11 @@ def run_one(config: Config, seed, out, overrides, measured) -> dict:
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu0
     cfg_resolved = json.loads((result.out_dir / "config.json").read_text())
-    train_images = cfg_resolved["steps_per_epoch"] * cfg.epochs * cfg.batch_size
+    # each epoch's trained images (fewer in a --prune epoch): its img/s × seconds
+    epoch_images = [round(r["img_per_s"] * r["seconds"]) for r in result.history]
+    train_images = sum(epoch_images)
     held_out_passes = sum(r["val_acc"] is not None for r in result.history)
-    total = flop_count(cfg, cfg_resolved, flops, held_out_passes)
+    total = flop_count(cfg, cfg_resolved, flops, held_out_passes, epoch_images)
     train_seconds = sum(r["seconds"] for r in result.history)
     row = {
         "seed": seed,
@@ -428,20 +430,25 @@ def run_one(config: Config, seed, out, overrides, measured) -> dict:
     return row
 
 
-def flop_count(cfg, resolved: dict, flops: float, held_out_passes: int) -> float:
-    """The run's FLOPs: 3× forward per trained image (forward + backward), with --low-res
-    epochs at the pixel ratio (a conv's cost goes with its output pixels), plus one forward
-    per evaluated view: the test pass and each held-out pass (× 2 with mirror images, × 3 with
-    translated views, × 9 with --tta-grid, the extra ones for --tta-fraction of the images;
-    ``held_out_passes``: the epochs the trainer's history shows scored). The evaluation part is
-    left out for synthetic data or a subset."""
-    full_epochs = cfg.epochs - cfg.low_res_epochs * (1 - (cfg.low_res / cfg.image_size) ** 2)
+def flop_count(
+    cfg, resolved: dict, flops: float, held_out_passes: int, epoch_images: list[int]
+) -> float:
+    """The run's FLOPs: 3× forward per trained image (forward + backward; ``epoch_images``:
+    each epoch's, fewer in a --prune epoch), with --low-res epochs at the pixel ratio (a conv's
+    cost goes with its output pixels), plus one forward per evaluated view: the test pass and
+    each held-out pass (× 2 with mirror images, × 3 with translated views, × 9 with --tta-grid,
+    the extra ones for --tta-fraction of the images; ``held_out_passes``: the epochs the
+    trainer's history shows scored). The evaluation part is left out for synthetic data or a
+    subset."""
+    low = (cfg.low_res / cfg.image_size) ** 2 if cfg.low_res else 1.0
+    trained = sum(
+        n * (low if e <= cfg.low_res_epochs else 1.0) for e, n in enumerate(epoch_images, 1)
+    )
     views = TTA.from_config(cfg).passes_per_image
     held_out = 50_000 - resolved["train_images"]  # CIFAR-10's training set, less --val
     eval_images = views * (10_000 + held_out_passes * held_out)
     if is_synthetic(cfg.data) or cfg.subset:
         eval_images = 0
-    trained = resolved["steps_per_epoch"] * cfg.batch_size * full_epochs
     return 3 * flops * trained + flops * eval_images
 
 

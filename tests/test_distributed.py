@@ -239,8 +239,18 @@ def test_a_rank_that_hangs_times_out_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_under_torchrun_after_a_crash_matches_an_uninterrupted_run(tmp_path):
-    args = ["train", "resnet20", *SMALL, "--epochs", "2"]
+@pytest.mark.parametrize(
+    "extra, steps",
+    [
+        ([], 20),
+        # epoch 2 pruned: 448 of the 640 images, 7 steps per rank; the choice is made from the
+        # losses both ranks recorded in epoch 1, which last.pt must hold merged
+        pytest.param(["--prune", "0.5", "--prune-full-last", "0"], 17, marks=pytest.mark.slow),
+    ],
+    ids=["plain", "prune"],
+)
+def test_resume_under_torchrun_after_a_crash_matches_an_uninterrupted_run(tmp_path, extra, steps):
+    args = ["train", "resnet20", *SMALL, "--epochs", "2", *extra]
     # rank 1 dies in epoch 2, after epoch 1's checkpoint: the job fails, last.pt is epoch 1
     crashed = _torchrun(
         [str(WORKER), *args, "--out", "A"],
@@ -251,18 +261,23 @@ def test_resume_under_torchrun_after_a_crash_matches_an_uninterrupted_run(tmp_pa
     )
     assert crashed.returncode != 0
     assert torch.load(tmp_path / "A" / "last.pt", weights_only=True)["epoch"] == 1
-    rows = _resume_then_compare_with_uninterrupted(tmp_path, args)
+    if extra:  # every training image has the loss one rank or the other recorded
+        epoch1 = torch.load(tmp_path / "A" / "last.pt", weights_only=True)["prune"]
+        assert bool((epoch1["losses"] > 0).all())
+    rows = _resume_then_compare_with_uninterrupted(tmp_path, args, steps)
     assert [r["epoch"] for r in rows[0]] == [1, 2]
     assert (tmp_path / "A" / "summary.json").is_file()
 
 
-def _resume_then_compare_with_uninterrupted(tmp_path, args: list[str]) -> list[list[dict]]:
+def _resume_then_compare_with_uninterrupted(
+    tmp_path, args: list[str], steps: int = 20
+) -> list[list[dict]]:
     """Resume run A under torchrun, train B = the same run uninterrupted, check their final
     weights agree; returns both runs' metrics rows."""
     _ok(_torchrun(["-m", "cnnzoo", "train", "--resume", "A"], tmp_path))
     _ok(_torchrun(["-m", "cnnzoo", *args, "--out", "B"], tmp_path))
     a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in "AB")
-    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 20
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == steps
     for k, v in b["model"].items():
         assert torch.allclose(a["model"][k].float(), v.float(), atol=1e-5), k
     return [

@@ -212,11 +212,17 @@ def test_speedrun_counts_low_res_epochs_at_their_pixel_ratio(tmp_path: Path) -> 
     assert {"low_res": 16, "low_res_epochs": 2}.items() <= mod.shared_overrides(args).items()
     resolved = {"train_images": 45_000, "steps_per_epoch": 10}
     base = dict(data="x.tar.gz", epochs=4, batch_size=100, tta=False, val_every=99)
-    full = mod.flop_count(TrainConfig(**base), resolved, 1.0, held_out_passes=1)
-    low = mod.flop_count(TrainConfig(**base, low_res=16, low_res_epochs=2), resolved, 1.0, 1)
+    images = [1000] * 4
+    full = mod.flop_count(TrainConfig(**base), resolved, 1.0, 1, images)
+    low = mod.flop_count(
+        TrainConfig(**base, low_res=16, low_res_epochs=2), resolved, 1.0, 1, images
+    )
     # 3 x 1,000 images x 4 epochs, plus the test pass and one held-out pass at the end
     assert full == 3 * 1000 * 4 + 10_000 + 5_000
     assert full - low == 3 * 1000 * 2 * (1 - 1 / 4)  # two epochs at a quarter of the pixels
+    # a pruned run counts the images its epochs did train on
+    pruned = mod.flop_count(TrainConfig(**base), resolved, 1.0, 1, [1000, 700, 700, 1000])
+    assert full - pruned == 3 * 600
 
 
 def test_speedrun_set_changes_the_first_configuration_only() -> None:

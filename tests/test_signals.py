@@ -221,16 +221,19 @@ def _signal_at(monkeypatch, epoch: int, step: int, sig: int) -> None:
             dict(epochs=5, lookahead=True, alternate_flip=True, crop_reflect=True),
             marks=pytest.mark.slow,
         ),
+        # 192 training images; epochs 2-3 pruned (the stop is in epoch 3: its choice must be
+        # epoch 3's own, made from the losses as they were when it started)
+        dict(epochs=3, subset=192, prune=0.5, prune_pool=0.6, prune_full_last=0),
     ],
-    ids=["ema-mix-cutout", "lookahead"],
+    ids=["ema-mix-cutout", "lookahead", "prune"],
 )
 def test_mid_epoch_resume_is_exact(tmp_path, monkeypatch, options):
     epochs = options["epochs"]
-    straight = train(TrainConfig(**SMALL, **options, out=str(tmp_path / "a")))
+    straight = train(TrainConfig(**{**SMALL, **options}, out=str(tmp_path / "a")))
     with monkeypatch.context() as m:
         _signal_at(m, epoch=epochs, step=1, sig=signal.SIGUSR1)  # lookahead acts from epoch 4
         with pytest.raises(Interrupted) as stop:
-            train(TrainConfig(**SMALL, **options, out=str(tmp_path / "b")))
+            train(TrainConfig(**{**SMALL, **options}, out=str(tmp_path / "b")))
     assert stop.value.exit_code == 138 and f"epoch {epochs} step 2" in str(stop.value)
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the handlers are put back
     resumed = train(TrainConfig(quiet=True), resume=tmp_path / "b")
@@ -238,9 +241,12 @@ def test_mid_epoch_resume_is_exact(tmp_path, monkeypatch, options):
         a, b = load_checkpoint(tmp_path / "a" / name), load_checkpoint(tmp_path / "b" / name)
         for key, tensor in a["model"].items():
             assert torch.equal(b["model"][key], tensor), f"{name}: {key}"
-        for part in ("ema", "lookahead"):
+        for part in ("ema", "lookahead", "prune"):
             assert (a.get(part) is None) == (b.get(part) is None)
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    if a.get("prune"):
+        assert torch.equal(a["prune"]["losses"], b["prune"]["losses"])
+        assert a["step"] == b["step"] < epochs * 6  # the pruned epochs took fewer steps
     if a["ema"]:
         assert a["ema"]["updates"] == b["ema"]["updates"]
         for key, tensor in a["ema"]["module"].items():

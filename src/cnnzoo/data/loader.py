@@ -134,27 +134,42 @@ class TensorLoader:
         self.channels_last = channels_last
         self.mix = mix if mix is not None and mix.enabled and train else None
         self.epoch = 0
+        self.subset: Tensor | None = None  # training: this epoch's images (indices into x)
+        self.last_index: Tensor | None = None  # the image indices of the batch yielded last
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, subset: Tensor | None = None) -> None:
+        """Epoch ``epoch``'s order and draws; training on the images ``subset`` (sorted indices
+        into x, as data pruning chooses them) or, by default, on all."""
+        self.epoch, self.subset = epoch, subset
 
     def _indices(self) -> Tensor:
         n = self.x.shape[0]
         if not self.train:
             return torch.arange(self.rank, n, self.world_size)
+        n = self._images()
         perm = torch.randperm(n, generator=_epoch_generator(self.seed, self.epoch))
+        if self.subset is not None:
+            perm = self.subset[perm]
         perm = torch.cat(
             [perm, perm[: self._padded_total() - n]]
         )  # pad so every rank gets the same count
         return perm[self.rank :: self.world_size]
 
-    def _padded_total(self) -> int:
-        n = self.x.shape[0]
+    def _images(self) -> int:
+        return self.subset.numel() if self.subset is not None and self.train else self.x.shape[0]
+
+    def _padded_total(self, images: int | None = None) -> int:
+        n = self._images() if images is None else images
         return -(-n // self.world_size) * self.world_size
 
+    def steps(self, images: int) -> int:
+        """Training batches per rank in an epoch over ``images`` images: the last partial batch
+        is dropped (a batch of 1 breaks BatchNorm)."""
+        return (self._padded_total(images) // self.world_size) // self.batch_size
+
     def __len__(self) -> int:
-        if self.train:  # drop the last partial batch: a batch of 1 breaks BatchNorm
-            return (self._padded_total() // self.world_size) // self.batch_size
+        if self.train:
+            return self.steps(self._images())
         return -(-len(range(self.rank, self.x.shape[0], self.world_size)) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -176,6 +191,7 @@ class TensorLoader:
         for i in range(start, len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             bi = idx[sl].to(self.device)
+            self.last_index = bi
             xb = self.x[bi]
             if aug:
                 dx, dy, fl, cut = (p[sl].to(self.device) if p is not None else None for p in params)

@@ -188,6 +188,23 @@ class TrainConfig:
         "is least sure of; the rest keep their plain prediction (1: all)",
         metavar="F",
     )
+    prune: float = opt(
+        0.0,
+        "optimisation",
+        "data pruning (InfoBatch): each epoch but the first and the --prune-full-last ones skips "
+        "this share of the --prune-pool images with the lowest last loss, their kept peers' loss "
+        "weighted up to match (0: off)",
+        metavar="F",
+    )
+    prune_pool: float = opt(
+        0.6,
+        "optimisation",
+        "--prune: the share of images, lowest loss first, it may skip",
+        metavar="F",
+    )
+    prune_full_last: int = opt(
+        1, "optimisation", "--prune: the last N epochs train on every image", metavar="N"
+    )
     seed: int = opt(0, "optimisation", "seed of the weights, split, order and augmentation")
     # ---- runtime
     device: str = opt("auto", "runtime", "auto, cpu, cuda, cuda:N or mps")
@@ -282,6 +299,13 @@ class TrainConfig:
             f"got {self.low_res}",
         )
         check_tta(self.tta_shift, self.tta_grid, self.tta_fraction)
+        need(0 <= self.prune < 1, f"--prune must be in [0, 1), got {self.prune}")
+        need(0 < self.prune_pool <= 1, f"--prune-pool must be in (0, 1], got {self.prune_pool}")
+        need(self.prune_full_last >= 0, "--prune-full-last must be >= 0")
+        need(
+            not (self.prune and self.micro_batch),
+            "--prune weighs each image's loss and does not combine with --micro-batch",
+        )
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
         need(
             MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,

@@ -105,10 +105,11 @@ RECIPES["fast-muon"] = {
 # (docs/results/accuracy/fast-cpu/README.md, "What is left"). Width for epochs at this cost,
 # held out (2026-12-05, Zen 4, bf16): 32/224/224 x 8 epochs -0.32 (2 seeds), 32/160/160 x 12
 # +0.03 (5 seeds), 24/160/160 x 13 -0.07 (3 seeds, ~15% slower): flat, so the widths stay.
-# InfoBatch data pruning at the same steps (a prototype: 30% of the images skipped in epochs
-# 2-11 of 13), held out: +0.27 +- 0.16 over 5 seeds, under the ~0.5 a test run needs; at
-# batch 128 for 15 epochs +0.47 (4 seeds) at ~1.2x the cost
-# (docs/results/accuracy/fast-cpu/prune-zen4/).
+# InfoBatch data pruning at the same steps (--prune 0.5 --epochs 13 --prune-full-last 2: 30% of
+# the images skipped in epochs 2-11 of 13), held out: +0.27 +- 0.16 over 5 seeds; at batch 128
+# for 15 epochs +0.47 (4 seeds) at ~1.2x the cost (docs/results/accuracy/fast-cpu/prune-zen4/).
+# The 13-epoch variant on the test images (2026-12-05, Zen 4, bf16): 93.10, 92.90, 94.00% on
+# seeds 0-2 against 94.00, 93.90, 94.30, -0.73, stopped (.../fast-cpu/prune-e13-test-zen4/).
 RECIPES["fast-cpu"] = {
     **RECIPES["fast"],
     "batch_size": 256,

@@ -37,6 +37,7 @@ from cnnzoo.train.engine import (
 )
 from cnnzoo.train.interrupt import CheckpointClock, StopSignals
 from cnnzoo.train.progress import Progress
+from cnnzoo.train.prune import PrunedLoss, build_pruner
 from cnnzoo.train.rundir import (
     GRADFLOW_FILE,
     prepare_out_dir,
@@ -83,15 +84,18 @@ def _train(cfg: TrainConfig, resume: Path | None, closers: list[Any]) -> RunResu
     loaders = build_loaders(cfg, data, rt)
     model = build_model(cfg, data, loaders, rt, fresh=saved is None)
     optim = build_optim(cfg, model, rt)
+    pruner = build_pruner(cfg, loaders.train)
     state = TrainState()
     if saved is not None:
         model.load_state_dict(saved["model"])
         optim.load_state_dict(saved)
+        if pruner is not None:
+            pruner.load_state_dict(saved["prune"])
         state.load_state_dict(saved, read_metrics(out))
     if rt.dist.is_main:  # rows written after the resume point by a killed run are redone (a run
         # killed before its first checkpoint starts over: all of them, its epoch-0 row too)
         truncate_jsonl(out / GRADFLOW_FILE, state.epoch if saved is not None else -1)
-    run = _Run(cfg, rt, data, loaders, model, optim, state, out)
+    run = _Run(cfg, rt, data, loaders, model, optim, state, out, pruner)
     closers.extend(run.callbacks.closers)
     last_epoch = min(cfg.epochs, cfg.stop_after or cfg.epochs)
     with run.signals:  # caught while training; the final test ends on Ctrl-C as any command
@@ -107,15 +111,22 @@ def _train(cfg: TrainConfig, resume: Path | None, closers: list[Any]) -> RunResu
 class _Run:
     """One run's moving parts, and the steps of its loop: start, epoch, finish."""
 
-    def __init__(self, cfg, rt, data, loaders, model, optim, state, out: Path) -> None:
+    def __init__(self, cfg, rt, data, loaders, model, optim, state, out: Path, pruner) -> None:
         self.cfg, self.rt, self.data, self.loaders = cfg, rt, data, loaders
         self.model, self.optim, self.state, self.out = model, optim, state, out
+        self.pruner = pruner
         self.dist = rt.dist
         self.net = self._wrap()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.train_criterion = self.criterion  # per image, weighted and recorded when pruning
+        if pruner is not None:
+            self.train_criterion = PrunedLoss(pruner, loaders.train, cfg.label_smoothing)
         self.tta = TTA.from_config(cfg)
-        self.steps_per_epoch = len(loaders.train)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.steps_per_epoch = len(loaders.train)  # a full epoch's; a pruned one takes fewer
+        n = loaders.train.x.shape[0]
+        sizes = [pruner.plan.size(e) if pruner else n for e in range(1, cfg.epochs + 1)]
+        self.total_steps = sum(loaders.train.steps(k) for k in sizes)
+        self.per_epoch = self.total_steps / cfg.epochs  # the schedule's epoch: the mean one's
         self.progress = Progress(cfg.epochs, quiet=cfg.quiet, enabled=self.dist.is_main)
         self.callbacks = Callbacks(cfg, out, self.progress, self.dist.is_main)
         self.saver = CheckpointSaver(out, self._meta(), enabled=self.dist.is_main)
@@ -178,6 +189,7 @@ class _Run:
             "world_size": self.dist.world_size,
             "train_images": n_train,
             "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
             "torch": torch.__version__,
         }
         self.run_start = time.perf_counter()
@@ -198,7 +210,7 @@ class _Run:
         """The schedule's rate for the next step (a pure function of the step count); a group
         with an ``lr_scale`` (Muon's filters) takes that multiple of it, the ``whiten_bias``
         group (``--whiten-bias-decay``) its own decay."""
-        step, per_epoch = self.state.step, self.steps_per_epoch
+        step, per_epoch = self.state.step, self.per_epoch
         lr = lr_at(self.cfg, step, self.total_steps, per_epoch)
         for group in self.optim.optimizer.param_groups:
             own = whiten_bias_lr_at(self.cfg, step, per_epoch) if group.get("whiten_bias") else lr
@@ -268,7 +280,8 @@ class _Run:
                 "(the last good checkpoint is kept)"
             )
         position = EpochPosition(pos.step, totals, pos.seconds)
-        self.saver.save_position(self.state, position, self.model, self.optim.state_dict())
+        self._sync_pruner()
+        self.saver.save_position(self.state, position, self.model, self._resume_state())
         self.clock.reset()
         barrier(self.dist)  # no rank stops (and ends the job) while rank 0 still writes
 
@@ -280,14 +293,15 @@ class _Run:
         """Train one epoch, evaluate on the validation split, save, report; stop after the
         save when a signal came during the validation or the save."""
         start = self._start_position()
-        self.loaders.train.set_epoch(epoch)
+        subset = self.pruner.start_epoch(epoch) if self.pruner is not None else None
+        self.loaders.train.set_epoch(epoch, subset)
         self._freeze_stem_bias(epoch)
-        self.progress.start_epoch(epoch, self.steps_per_epoch, done=start.step)
+        self.progress.start_epoch(epoch, len(self.loaders.train), done=start.step)
         stats = train_epoch(
             self.net,
             self.loaders.train.batches(start.step),
             self.optim.optimizer,
-            self.criterion,
+            self.train_criterion,
             self.amp,
             self.set_lr,
             self.optim.scaler,
@@ -300,6 +314,7 @@ class _Run:
         )
         if self.optim.lookahead is not None:
             self.optim.lookahead.end_epoch()
+        self._sync_pruner()
         val = self.evaluate(self.evaluated, self.loaders.val) if self._validates(epoch) else None
         if val is not None and not math.isfinite(val.loss):
             raise TrainingDiverged(
@@ -319,7 +334,7 @@ class _Run:
         self.state.epoch = epoch
         self.state.history.append(row)
         improved = self._improved(epoch, val)
-        self.saver.save(self.state, improved, self.model, self.evaluated, self.optim.state_dict())
+        self.saver.save(self.state, improved, self.model, self.evaluated, self._resume_state())
         self.clock.reset()
         if self.dist.is_main:
             self.callbacks.end_epoch(self, row)
@@ -327,7 +342,20 @@ class _Run:
         barrier(self.dist)
         signum, _ = self._decide()
         if signum:
-            raise self._interrupted(signum, epoch, self.steps_per_epoch)
+            raise self._interrupted(signum, epoch, len(self.loaders.train))
+
+    def _sync_pruner(self) -> None:
+        """Merge the ranks' per-image losses (a collective: every rank calls it) before a
+        checkpoint holds them and before the next epoch chooses from them."""
+        if self.pruner is not None:
+            self.pruner.sync(self.dist, self.rt.device)
+
+    def _resume_state(self) -> dict[str, Any]:
+        """What last.pt holds beside the weights and counters: the optimizer's state (scaler,
+        EMA, lookahead) and the pruner's (merged) losses."""
+        if self.pruner is None:
+            return self.optim.state_dict()
+        return {**self.optim.state_dict(), "prune": self.pruner.state_dict()}
 
     def _validates(self, epoch: int) -> bool:
         every = self.cfg.val_every

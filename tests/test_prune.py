@@ -78,7 +78,7 @@ def test_a_resumed_epoch_chooses_from_the_losses_it_started_with() -> None:
 
 def test_sync_on_one_process_keeps_the_losses() -> None:
     pruner = _pruner()
-    pruner.sync(DistInfo(), torch.device("cpu"))
+    pruner.sync(DistInfo())
     assert torch.equal(pruner.losses, LOSSES) and not pruner.seen.any()
 
 

@@ -60,59 +60,63 @@ class PrunePlan:
 
 
 class LossPruner:
-    """Per-image losses, and each epoch's choice of images and loss weights from them."""
+    """Per-image losses, and each epoch's choice of images and loss weights from them. The
+    tensors live on the training device, so recording a batch's losses needs no host sync."""
 
-    def __init__(self, plan: PrunePlan, seed: int) -> None:
-        self.plan, self.seed = plan, seed
-        self.losses = torch.zeros(plan.n)  # (N,) each image's latest training loss
-        self.seen = torch.zeros(plan.n, dtype=torch.bool)  # (N,) recorded here since the sync
-        self.snapshot = torch.zeros(plan.n)  # (N,) the losses the current epoch chose from
+    def __init__(self, plan: PrunePlan, seed: int, device: torch.device | str = "cpu") -> None:
+        self.plan, self.seed, self.device = plan, seed, torch.device(device)
+        n = plan.n
+        self.losses = torch.zeros(n, device=self.device)  # (N,) each image's latest loss
+        self.seen = torch.zeros(n, dtype=torch.bool, device=self.device)  # since the last sync
+        self.snapshot = torch.zeros(n, device=self.device)  # (N,) what this epoch chose from
         self.snapshot_epoch = 0  # the epoch ``snapshot`` was taken for (0: none yet)
-        self.weights = torch.ones(plan.n)  # (N,) this epoch's loss weights
+        self.weights = torch.ones(n, device=self.device)  # (N,) this epoch's loss weights
 
     def start_epoch(self, epoch: int) -> Tensor | None:
-        """The images ``epoch`` trains on (sorted indices; None: all of them), and ``weights``
-        set for it. A run resumed in the middle of ``epoch`` chooses from the saved snapshot."""
+        """The images ``epoch`` trains on (sorted indices, on the CPU; None: all of them), and
+        ``weights`` set for it. A run resumed in the middle of ``epoch`` chooses from the saved
+        snapshot."""
         if self.snapshot_epoch != epoch:
             self.snapshot, self.snapshot_epoch = self.losses.clone(), epoch
-        self.weights = torch.ones(self.plan.n)
+        self.weights = torch.ones(self.plan.n, device=self.device)
         if not self.plan.pruned(epoch):
             return None
         size = self.plan.pool_size
         pool = self.snapshot.topk(size, largest=False).indices  # (pool,) the lowest losses
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 104729)
-        drop = pool[torch.randperm(size, generator=g)[: self.plan.dropped]]
+        drop = pool[torch.randperm(size, generator=g)[: self.plan.dropped].to(self.device)]
         self.weights[pool] = size / (size - self.plan.dropped)  # the kept rest stands in
-        keep = torch.ones(self.plan.n, dtype=torch.bool)
+        keep = torch.ones(self.plan.n, dtype=torch.bool, device=self.device)
         keep[drop] = False
-        return keep.nonzero().squeeze(1)
+        return keep.nonzero().squeeze(1).cpu()
 
     def record(self, index: Tensor, losses: Tensor) -> None:
         """The latest losses (B,) of images ``index`` (B,)."""
-        index = index.cpu()
-        self.losses[index] = losses.detach().float().cpu()
+        index = index.to(self.device)
+        self.losses[index] = losses.detach().float().to(self.device)
         self.seen[index] = True
 
-    def sync(self, dist: DistInfo, device: torch.device) -> None:
+    def sync(self, dist: DistInfo) -> None:
         """Merge the ranks' records: each image takes the loss its rank recorded (the mean, for
         the few images the padding of an uneven split gave to two ranks)."""
         if not dist.enabled:
             self.seen.zero_()
             return
         both = torch.stack([torch.where(self.seen, self.losses, 0.0), self.seen.float()])
-        both = all_reduce_sum(both.to(device), dist).cpu()  # (2, N): loss sums, counts
+        both = all_reduce_sum(both, dist)  # (2, N): loss sums, counts
         self.losses = torch.where(both[1] > 0, both[0] / both[1].clamp(min=1), self.losses)
         self.seen.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "losses": self.losses.clone(),
-            "snapshot": self.snapshot.clone(),
+            "losses": self.losses.cpu().clone(),
+            "snapshot": self.snapshot.cpu().clone(),
             "snapshot_epoch": self.snapshot_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.losses, self.snapshot = state["losses"].clone(), state["snapshot"].clone()
+        self.losses = state["losses"].to(self.device).clone()
+        self.snapshot = state["snapshot"].to(self.device).clone()
         self.snapshot_epoch = int(state["snapshot_epoch"])
 
 
@@ -133,7 +137,7 @@ class PrunedLoss(nn.Module):
         if index is None or index.shape[0] != losses.shape[0]:
             raise RuntimeError("PrunedLoss needs the whole batch the loader yielded last")
         self.pruner.record(index, losses)
-        return (losses * self.pruner.weights[index.cpu()].to(losses.device)).mean()
+        return (losses * self.pruner.weights[index.to(self.pruner.device)].to(losses.device)).mean()
 
 
 def build_pruner(cfg: TrainConfig, loader: TensorLoader) -> LossPruner | None:
@@ -146,4 +150,4 @@ def build_pruner(cfg: TrainConfig, loader: TensorLoader) -> LossPruner | None:
             f"--prune {cfg.prune} leaves {plan.n - plan.dropped} of {plan.n} training images, "
             f"fewer than a batch of {cfg.batch_size}"
         )
-    return LossPruner(plan, cfg.seed)
+    return LossPruner(plan, cfg.seed, loader.device)

@@ -37,7 +37,7 @@ from cnnzoo.train.engine import (
 )
 from cnnzoo.train.interrupt import CheckpointClock, StopSignals
 from cnnzoo.train.progress import Progress
-from cnnzoo.train.prune import PrunedLoss, build_pruner
+from cnnzoo.train.prune import LossPruner, PrunedLoss, build_pruner
 from cnnzoo.train.rundir import (
     GRADFLOW_FILE,
     prepare_out_dir,
@@ -111,7 +111,9 @@ def _train(cfg: TrainConfig, resume: Path | None, closers: list[Any]) -> RunResu
 class _Run:
     """One run's moving parts, and the steps of its loop: start, epoch, finish."""
 
-    def __init__(self, cfg, rt, data, loaders, model, optim, state, out: Path, pruner) -> None:
+    def __init__(
+        self, cfg, rt, data, loaders, model, optim, state, out: Path, pruner: LossPruner | None
+    ) -> None:
         self.cfg, self.rt, self.data, self.loaders = cfg, rt, data, loaders
         self.model, self.optim, self.state, self.out = model, optim, state, out
         self.pruner = pruner
@@ -348,7 +350,7 @@ class _Run:
         """Merge the ranks' per-image losses (a collective: every rank calls it) before a
         checkpoint holds them and before the next epoch chooses from them."""
         if self.pruner is not None:
-            self.pruner.sync(self.dist, self.rt.device)
+            self.pruner.sync(self.dist)
 
     def _resume_state(self) -> dict[str, Any]:
         """What last.pt holds beside the weights and counters: the optimizer's state (scaler,

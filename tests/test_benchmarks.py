@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY_FASTNET_RUN
+from helpers import ROOT, TINY_FASTNET_RUN
 from helpers import load_benchmark as _load
 
 
@@ -81,3 +82,26 @@ def test_tta_views_reproduces_the_runs_held_out_accuracy(
     train(TrainConfig(**{**TINY_FASTNET_RUN, "val": 0}, epochs=1, out=str(no_val)))
     with pytest.raises(UserError, match="held out no images"):
         mod.main([str(no_val)])
+
+
+def test_heldout_vs_test_pairs_runs_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """scripts/heldout_vs_test.py: differences per seed against the first file, their spread
+    and correlation (here the test difference is exactly 2x the held-out one: r = 1)."""
+
+    def runs(name: str, accs: dict[int, tuple[float, float]]) -> str:
+        rows = [{"seed": s, "val_acc": v, "test_acc": t} for s, (v, t) in accs.items()]
+        path = tmp_path / name
+        path.write_text(json.dumps({"runs": {"m:r": rows}}))
+        return str(path)
+
+    base = runs("base.json", {0: (0.90, 0.90), 1: (0.91, 0.92), 2: (0.92, 0.90), 9: (0.9, 0.9)})
+    cand = runs("cand.json", {0: (0.91, 0.92), 1: (0.91, 0.92), 2: (0.925, 0.91), 3: (0.99, 0.99)})
+    spec = importlib.util.spec_from_file_location("hvt", ROOT / "scripts" / "heldout_vs_test.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([base, cand]) == 0
+    out = capsys.readouterr().out
+    assert f"| {cand} | 3 | +0.50 | +1.00 |" in out  # seeds 0-2 only: 3 and 9 have no pair
+    assert "3 pairs: a per-seed difference spreads by 0.50 points held out and 1.00" in out
+    assert out.rstrip().endswith("r = 1.00")
+    assert mod.main([base]) == 2

@@ -283,8 +283,8 @@ def test_speedrun_counts_gated_tta_views() -> None:
     resolved = {"train_images": 50_000, "steps_per_epoch": 10}
     base = dict(data="x.tar.gz", epochs=1, batch_size=100, tta=True, tta_shift=1, val=0)
     train_flops = 3 * 1000
-    full = mod.flop_count(TrainConfig(**base), resolved, 1.0, held_out_passes=0)
-    gated = mod.flop_count(TrainConfig(**base, tta_fraction=0.3), resolved, 1.0, 0)
+    full = mod.flop_count(TrainConfig(**base), resolved, 1.0, 0, [1000])
+    gated = mod.flop_count(TrainConfig(**base, tta_fraction=0.3), resolved, 1.0, 0, [1000])
     assert full - train_flops == 6 * 10_000  # mirror x 3 positions, every test image
     assert gated - train_flops == pytest.approx((1 + 0.3 * 5) * 10_000)  # plain + 5 for 30%
 

@@ -108,8 +108,8 @@ RECIPES["fast-muon"] = {
 # InfoBatch data pruning at the same steps (--prune 0.5 --epochs 13 --prune-full-last 2: 30% of
 # the images skipped in epochs 2-11 of 13), held out: +0.27 +- 0.16 over 5 seeds; at batch 128
 # for 15 epochs +0.47 (4 seeds) at ~1.2x the cost (docs/results/accuracy/fast-cpu/prune-zen4/).
-# The 13-epoch variant on the test images (2026-12-05, Zen 4, bf16): 93.10, 92.90, 94.00% on
-# seeds 0-2 against 94.00, 93.90, 94.30, -0.73, stopped (.../fast-cpu/prune-e13-test-zen4/).
+# The 13-epoch variant on the test images, 5 seeds (2026-12-05, Zen 4, bf16): 93.42 +- 0.44%
+# against 93.78% on the same seeds, -0.36 (docs/results/accuracy/fast-cpu/prune-e13-test-zen4/).
 RECIPES["fast-cpu"] = {
     **RECIPES["fast"],
     "batch_size": 256,

@@ -39,6 +39,9 @@ def test_plan_counts_the_skipped_images_and_the_pruned_epochs() -> None:
     assert [plan.pruned(e) for e in range(1, 7)] == [False, True, True, True, False, False]
     assert [plan.size(e) for e in range(1, 7)] == [1000, 700, 700, 700, 1000, 1000]
     assert not any(PrunePlan(1000, 0.0, 0.6, 6, 1).pruned(e) for e in range(1, 7))
+    tiny = PrunePlan(n=10, rate=0.9, pool=0.4, epochs=3, full_last=0)  # round(0.9 x 4) = 4
+    assert (tiny.pool_size, tiny.dropped) == (4, 3)  # one of the pool is kept to stand in
+    assert PrunePlan(n=1, rate=0.5, pool=0.1, epochs=3, full_last=0).dropped == 0  # no pool
 
 
 def test_an_epoch_skips_only_low_loss_images_and_weights_up_the_rest_of_the_pool() -> None:

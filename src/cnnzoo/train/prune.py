@@ -47,8 +47,9 @@ class PrunePlan:
 
     @property
     def dropped(self) -> int:
-        """Images skipped in a pruned epoch."""
-        return round(self.rate * self.pool_size)
+        """Images skipped in a pruned epoch: at least one of the pool is kept (its weight
+        stands in for the rest)."""
+        return max(0, min(round(self.rate * self.pool_size), self.pool_size - 1))
 
     def pruned(self, epoch: int) -> bool:
         """Whether 1-based ``epoch`` skips images."""

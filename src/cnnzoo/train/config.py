@@ -334,14 +334,15 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: float) -> float:
     """The learning rate for optimizer step ``step`` (0-based): a pure function of the step, so
     a resumed run continues the schedule exactly where it stopped.
 
     Warm-up rises linearly from ``warmup_start``·lr to lr over ``warmup_epochs``; then
     ``schedule`` decays to ``final_lr``·lr (linear, cosine), keeps lr (constant) or divides it
     by 10 at 50 % and 75 % of the run (step). airbench94's triangle is linear with warm-up
-    0.23 of the run, ``warmup_start`` 0.2 and ``final_lr`` 0.07.
+    0.23 of the run, ``warmup_start`` 0.2 and ``final_lr`` 0.07. ``steps_per_epoch`` is the
+    mean epoch's (fractional when ``--prune`` makes some epochs shorter).
     """
     warm = cfg.warmup_epochs * steps_per_epoch
     if warm > 0 and step < warm:
@@ -359,7 +360,7 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -
     return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * shape)
 
 
-def whiten_bias_lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+def whiten_bias_lr_at(cfg: TrainConfig, step: int, steps_per_epoch: float) -> float:
     """``--whiten-bias-decay``: the whitening bias's rate for step ``step`` (0-based), as
     airbench94_muon's: lr × (1 - step / its training steps), 0 from then on (it is frozen)."""
     steps = (cfg.whiten_bias_epochs or 0) * steps_per_epoch

@@ -137,8 +137,9 @@ class PrunedLoss(nn.Module):
         index = self.loader.last_index
         if index is None or index.shape[0] != losses.shape[0]:
             raise RuntimeError("PrunedLoss needs the whole batch the loader yielded last")
+        index = index.to(self.pruner.device)  # the loader's device: no copy in a run
         self.pruner.record(index, losses)
-        return (losses * self.pruner.weights[index.to(self.pruner.device)].to(losses.device)).mean()
+        return (losses * self.pruner.weights[index].to(losses.device)).mean()
 
 
 def build_pruner(cfg: TrainConfig, loader: TensorLoader) -> LossPruner | None:

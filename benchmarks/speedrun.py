@@ -403,8 +403,7 @@ def run_one(config: Config, seed, out, overrides, measured) -> dict:
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu0
     cfg_resolved = json.loads((result.out_dir / "config.json").read_text())
-    # each epoch's trained images (fewer in a --prune epoch): its img/s × seconds
-    epoch_images = [round(r["img_per_s"] * r["seconds"]) for r in result.history]
+    epoch_images = [r["images"] for r in result.history]  # fewer in a --prune epoch
     train_images = sum(epoch_images)
     held_out_passes = sum(r["val_acc"] is not None for r in result.history)
     total = flop_count(cfg, cfg_resolved, flops, held_out_passes, epoch_images)

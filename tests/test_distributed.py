@@ -177,6 +177,7 @@ def test_torchrun_two_ranks_writes_one_run(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1
     # img/s is over both ranks: it covers all 640 images, not one rank's 320
+    assert rows[0]["images"] == 640
     assert rows[0]["img_per_s"] * rows[0]["seconds"] == pytest.approx(640, rel=1e-6)
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["test_acc"] <= 1.0

@@ -144,6 +144,7 @@ def test_a_pruned_run_takes_the_planned_steps_and_records_every_image(tmp_path) 
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert (config["steps_per_epoch"], config["total_steps"]) == (4, 10)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert [r["images"] for r in result.history] == [128, 64, 128]  # whole batches trained
     assert bool((last["prune"]["losses"] > 0).all())  # every image trained on has its loss
     assert last["prune"]["snapshot_epoch"] == 3
 
@@ -180,3 +181,10 @@ def test_pruning_below_one_batch_is_a_clear_error(tmp_path) -> None:
     cfg = TrainConfig(**{**TINY, "batch_size": 100}, prune=0.9, prune_pool=1.0)
     with pytest.raises(UserError, match="fewer than a batch of 100"):
         train(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "r")}))
+
+
+def test_a_run_without_a_pruned_epoch_is_not_refused(tmp_path) -> None:
+    # the same settings, but 2 epochs: the first and the last see every image, none is pruned
+    cfg = TrainConfig(**{**TINY, "batch_size": 100}, epochs=2, prune=0.9, prune_pool=1.0)
+    train(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "r")}))
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 2  # 1 full step per epoch

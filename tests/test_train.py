@@ -67,6 +67,7 @@ def test_cli_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         "val_acc",
         "seconds",
         "img_per_s",
+        "images",
     ]
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "resnet20" and config["val"] == 200  # 10% of 2,000, resolved

@@ -147,9 +147,10 @@ def build_pruner(cfg: TrainConfig, loader: TensorLoader) -> LossPruner | None:
     if not cfg.prune:
         return None
     plan = PrunePlan(loader.x.shape[0], cfg.prune, cfg.prune_pool, cfg.epochs, cfg.prune_full_last)
-    if loader.steps(plan.n - plan.dropped) < 1:
+    smallest = min(plan.size(epoch) for epoch in range(1, cfg.epochs + 1))
+    if loader.steps(smallest) < 1:  # only a pruned epoch can be this small
         raise UserError(
-            f"--prune {cfg.prune} leaves {plan.n - plan.dropped} of {plan.n} training images, "
+            f"--prune {cfg.prune} leaves {smallest} of {plan.n} training images, "
             f"fewer than a batch of {cfg.batch_size}"
         )
     return LossPruner(plan, cfg.seed, loader.device)

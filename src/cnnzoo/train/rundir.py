@@ -27,6 +27,7 @@ METRIC_COLUMNS = (
     "val_acc",
     "seconds",
     "img_per_s",
+    "images",  # trained this epoch, over all ranks (fewer in a --prune epoch)
 )
 
 

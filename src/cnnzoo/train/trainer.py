@@ -332,6 +332,7 @@ class _Run:
             "val_acc": val.acc if val else None,
             "seconds": stats.seconds,
             "img_per_s": stats.img_per_s,
+            "images": stats.images,
         }
         self.state.epoch = epoch
         self.state.history.append(row)

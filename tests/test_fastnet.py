@@ -41,6 +41,12 @@ def test_fastnet_small_is_the_narrow_twin() -> None:
     # linear lr scaling with the batch; warm-up stays 23 % of the run
     assert cpu["lr"] / fast["lr"] == pytest.approx(cpu["batch_size"] / fast["batch_size"])
     assert cpu["warmup_epochs"] / cpu["epochs"] == pytest.approx(0.23)
+    # fast-cpu-15: the same recipe over 15 epochs, the warm-up's share kept
+    long = RECIPES["fast-cpu-15"]
+    assert {k: v for k, v in long.items() if k not in ("epochs", "warmup_epochs")} == {
+        k: v for k, v in cpu.items() if k not in ("epochs", "warmup_epochs")
+    }
+    assert long["epochs"] == 15 and long["warmup_epochs"] / 15 == pytest.approx(0.23)
 
 
 def test_whitening_init_decorrelates_patches() -> None:

@@ -33,12 +33,6 @@ def pairs(base: dict, cand: dict) -> list[tuple[float, float]]:
     return [(cand[s][0] - base[s][0], cand[s][1] - base[s][1]) for s in sorted(cand) if s in base]
 
 
-def pearson(xs: list[float], ys: list[float]) -> float:
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    cov = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / (len(xs) - 1)
-    return cov / (statistics.stdev(xs) * statistics.stdev(ys))
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
@@ -60,7 +54,7 @@ def main(argv: list[str]) -> int:
     print(
         f"\n{len(every)} pairs: a per-seed difference spreads by {statistics.stdev(held):.2f} "
         f"points held out and {statistics.stdev(test):.2f} on the test images; r = "
-        f"{pearson(held, test):.2f}"
+        f"{statistics.correlation(held, test):.2f}"
     )
     return 0
 

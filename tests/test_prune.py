@@ -38,6 +38,7 @@ def test_plan_counts_the_skipped_images_and_the_pruned_epochs() -> None:
     assert (plan.pool_size, plan.dropped) == (600, 300)
     assert [plan.pruned(e) for e in range(1, 7)] == [False, True, True, True, False, False]
     assert [plan.size(e) for e in range(1, 7)] == [1000, 700, 700, 700, 1000, 1000]
+    assert plan.sizes() == [1000, 700, 700, 700, 1000, 1000]
     assert not any(PrunePlan(1000, 0.0, 0.6, 6, 1).pruned(e) for e in range(1, 7))
     tiny = PrunePlan(n=10, rate=0.9, pool=0.4, epochs=3, full_last=0)  # round(0.9 x 4) = 4
     assert (tiny.pool_size, tiny.dropped) == (4, 3)  # one of the pool is kept to stand in

@@ -59,6 +59,10 @@ class PrunePlan:
         """Images 1-based ``epoch`` trains on."""
         return self.n - self.dropped if self.pruned(epoch) else self.n
 
+    def sizes(self) -> list[int]:
+        """Images each epoch of the run trains on, epoch 1 first."""
+        return [self.size(epoch) for epoch in range(1, self.epochs + 1)]
+
 
 class LossPruner:
     """Per-image losses, and each epoch's choice of images and loss weights from them. The
@@ -147,7 +151,7 @@ def build_pruner(cfg: TrainConfig, loader: TensorLoader) -> LossPruner | None:
     if not cfg.prune:
         return None
     plan = PrunePlan(loader.x.shape[0], cfg.prune, cfg.prune_pool, cfg.epochs, cfg.prune_full_last)
-    smallest = min(plan.size(epoch) for epoch in range(1, cfg.epochs + 1))
+    smallest = min(plan.sizes())
     if loader.steps(smallest) < 1:  # only a pruned epoch can be this small
         raise UserError(
             f"--prune {cfg.prune} leaves {smallest} of {plan.n} training images, "

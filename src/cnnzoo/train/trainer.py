@@ -125,8 +125,7 @@ class _Run:
             self.train_criterion = PrunedLoss(pruner, loaders.train, cfg.label_smoothing)
         self.tta = TTA.from_config(cfg)
         self.steps_per_epoch = len(loaders.train)  # a full epoch's; a pruned one takes fewer
-        n = loaders.train.x.shape[0]
-        sizes = [pruner.plan.size(e) if pruner else n for e in range(1, cfg.epochs + 1)]
+        sizes = pruner.plan.sizes() if pruner else [loaders.train.x.shape[0]] * cfg.epochs
         self.total_steps = sum(loaders.train.steps(k) for k in sizes)
         self.per_epoch = self.total_steps / cfg.epochs  # the schedule's epoch: the mean one's
         self.progress = Progress(cfg.epochs, quiet=cfg.quiet, enabled=self.dist.is_main)

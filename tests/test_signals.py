@@ -346,6 +346,22 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
 
 
+def test_a_full_disk_while_recording_gradflow_is_one_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    log = out / "gradflow.jsonl"
+    _refuse_writes_to(monkeypatch, log.name, after=2)  # epoch 0's and 1's rows fit, 2's does not
+    code, _, err = run_main([*TINY_TRAIN, "--record-gradflow", "--out", str(out)], capsys)
+    assert code == 1
+    line = assert_one_error_line(err)
+    assert line.startswith(f"error: cannot write {log}: No space left on device (")
+    assert not _temp_files(out)
+    monkeypatch.undo()
+    assert [json.loads(r)["epoch"] for r in log.read_text().splitlines()] == [0, 1]
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert run_main(["train", "--resume", str(out)], capsys)[0] == 0
+    assert [json.loads(r)["epoch"] for r in log.read_text().splitlines()] == [0, 1, 2, 3]
+
+
 @pytest.mark.slow
 def test_a_real_full_filesystem(tmp_path):
     """The same on a real 4 MiB tmpfs (root only; skipped where mounting is not allowed): epoch

@@ -26,6 +26,7 @@ SMALL = dict(
     precision="fp32",
     quiet=True,
 )
+TINY = {**SMALL, "subset": 128, "val": 64}  # two steps per epoch
 
 
 def test_cli_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -69,6 +70,10 @@ def test_cli_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         "img_per_s",
         "images",
     ]
+    # metrics.csv drops a key its columns lack (rundir.METRIC_COLUMNS): the trainer's rows and
+    # the columns must name the same keys, in the same order
+    jsonl = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert list(jsonl[0]) == list(rows[0])
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "resnet20" and config["val"] == 200  # 10% of 2,000, resolved
     summary = json.loads((out / "summary.json").read_text())
@@ -134,10 +139,41 @@ def test_val_every_skips_validation_but_not_the_last_epoch(tmp_path: Path) -> No
     assert load_checkpoint(tmp_path / "a" / "best.pt")["epoch"] == every.best_epoch
 
 
-def test_no_validation_set(tmp_path: Path) -> None:
-    result = train(TrainConfig(**{**SMALL, "val": 0}, epochs=1, out=str(tmp_path / "r")))
+def test_no_validation_set(tmp_path: Path, capsys) -> None:
+    capsys.readouterr()
+    cfg = TrainConfig(**{**SMALL, "val": 0, "quiet": False}, epochs=1, out=str(tmp_path / "r"))
+    result = train(cfg)
     assert result.best_val_acc is None and result.history[0]["val_acc"] is None
     assert result.test_acc == result.test_acc_last
+    done = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("done:")]
+    assert len(done) == 1 and done[0].startswith("done: test acc ")  # no "best val acc nan"
+
+
+def test_non_finite_weights_at_an_epochs_end_keep_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Without validation nothing evaluates the weights before the epoch's save: a last step
+    that overflows them (its loss, computed before the update, was finite) must not be saved."""
+    import cnnzoo.train.trainer as trainer
+
+    real, calls = trainer.train_epoch, []
+
+    def overflows_in_epoch_2(model, *args, **kwargs):
+        stats = real(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(math.inf)
+        return stats
+
+    monkeypatch.setattr(trainer, "train_epoch", overflows_in_epoch_2)
+    out = tmp_path / "r"
+    with pytest.raises(TrainingDiverged, match="weights became non-finite in epoch 2"):
+        train(TrainConfig(**{**TINY, "val": 0}, epochs=2, out=str(out)))
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert all(v.isfinite().all() for v in load_checkpoint(out / "last.pt")["model"].values())
+    assert not (out / "summary.json").exists()
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
@@ -181,12 +217,26 @@ def test_refuses_to_reuse_a_run_directory(tmp_path: Path) -> None:
         ({"low_res": 24}, "--low-res PX and --low-res-epochs N go together"),
         ({"low_res_epochs": 2}, "--low-res PX and --low-res-epochs N go together"),
         ({"low_res": 32, "low_res_epochs": 2}, "--low-res must be in"),
+        ({"seed": -1, "mixup": 0.2}, "--seed must be in"),  # numpy refuses negative seeds
+        ({"seed": 2**45}, "--seed must be in"),  # seed × 1,000,003 overflows torch's 64 bits
     ],
 )
 def test_bad_values_are_user_errors(tmp_path: Path, override: dict, match: str) -> None:
     with pytest.raises(UserError, match=match):
         train(TrainConfig(**{**SMALL, **override}, out=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_tta_shift_must_be_below_the_image_size() -> None:
+    """The shifted views pad by reflection, which needs fewer pixels than the image side: an
+    8 px image folder with --tta-shift 8 is refused up front, not at its first validation."""
+    import torch.nn.functional as F
+
+    with pytest.raises(RuntimeError):  # what the first validation would meet
+        F.pad(torch.zeros(1, 3, 8, 8), (8, 8, 8, 8), mode="reflect")
+    TrainConfig(image_size=9, tta_shift=8).validate()
+    with pytest.raises(UserError, match="--tta-shift 8 must be below --image-size 8"):
+        TrainConfig(image_size=8, tta_shift=8).validate()
 
 
 def test_cosine_schedule_with_warmup() -> None:
@@ -337,6 +387,8 @@ def test_resume_redoes_gradflow_rows_of_an_unfinished_epoch(tmp_path: Path) -> N
     log = out / "gradflow.jsonl"
     # as if killed after epoch 2's gradient row was written but before its last.pt landed
     log.write_text(log.read_text() + json.dumps({"epoch": 2, "layers": [], "norms": []}) + "\n")
+    # and a torn line after it: a kill in the middle of an append (cnnzoo appended in place)
+    log.write_text(log.read_text() + '{"epoch": 3, "layers": ["stem.co')
     train(TrainConfig(quiet=True), resume=out)
     rows = [json.loads(r) for r in log.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
@@ -457,6 +509,58 @@ def test_restart_after_a_kill_in_epoch_one_keeps_one_gradflow_row_per_epoch(
     train(TrainConfig(quiet=True), resume=out)
     rows = [json.loads(r) for r in (out / "gradflow.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+def test_a_kill_right_after_an_epochs_checkpoint_keeps_its_gradflow_row(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from cnnzoo.train.state import CheckpointSaver
+
+    class Killed(Exception):
+        pass
+
+    real = CheckpointSaver.save
+
+    def save_then_die(self, state, *args, **kwargs):
+        real(self, state, *args, **kwargs)
+        if state.epoch == 1:  # epoch 1's last.pt has landed
+            raise Killed
+
+    monkeypatch.setattr(CheckpointSaver, "save", save_then_die)
+    out = tmp_path / "r"
+    with pytest.raises(Killed):
+        train(TrainConfig(**TINY, epochs=2, record_gradflow=True, out=str(out)))
+    monkeypatch.undo()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    train(TrainConfig(quiet=True), resume=out)  # goes on with epoch 2: epoch 1 is not redone
+    rows = [json.loads(r) for r in (out / "gradflow.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+def test_a_stale_gradflow_temp_file_is_cleaned_up(tmp_path: Path) -> None:
+    """A kill during a gradflow.jsonl write leaves its temp file: the folder still counts as
+    empty, and the run that uses it removes the file."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / ".gradflow.jsonl.abc123.tmp").write_text('{"epoch": 0')
+    train(TrainConfig(**TINY, epochs=1, record_gradflow=True, out=str(out)))
+    assert not list(out.glob(".*.tmp"))
+    assert (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_classes": 100}, {"pretrained": True}, {"weights": "cifar10"}]
+)
+def test_model_kwargs_cannot_set_what_the_run_sets(tmp_path: Path, capsys, kwargs) -> None:
+    from helpers import assert_one_error_line, run_main
+
+    out = tmp_path / "r"
+    missing = tmp_path / "no-such-archive.tar.gz"  # reading it would be a different error
+    argv = ["train", "resnet20", "--data", str(missing), "--model-kwargs", json.dumps(kwargs)]
+    code, _, err = run_main([*argv, "--out", str(out)], capsys)
+    assert code == 2
+    assert f"--model-kwargs cannot set {next(iter(kwargs))}:" in assert_one_error_line(err)
+    assert not out.exists()
 
 
 def test_progress_bar_reads_the_running_stats_only_when_it_redraws(capsys) -> None:

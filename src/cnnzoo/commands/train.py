@@ -91,23 +91,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, _defaults=defaults)
 
 
-# What a resumed run takes from the command line; everything else comes from its checkpoint.
-RESUME_OPTIONS = {"resume", "stop_after", "checkpoint_every", "quiet", "func", "command"}
+def _flag(name: str) -> str:
+    return "MODEL" if name == "model" else "--" + name.replace("_", "-")
 
 
 def _refuse_options_on_resume(args: argparse.Namespace) -> None:
     """``--resume`` continues the saved configuration: an option that would be ignored is an
-    error, not a silent surprise."""
+    error, not a silent surprise. A resumed run takes only ``RESUME_OPTIONS`` from the command
+    line; everything else comes from its checkpoint."""
+    from cnnzoo.train.config import RESUME_OPTIONS
+
+    accepted = {"resume", "func", "command", *RESUME_OPTIONS}
     given = [
         k
         for k, default in args._defaults.items()
-        if k not in RESUME_OPTIONS and not k.startswith("_") and getattr(args, k) != default
+        if k not in accepted and not k.startswith("_") and getattr(args, k) != default
     ]
     if given:
-        names = ", ".join("MODEL" if k == "model" else "--" + k.replace("_", "-") for k in given)
+        names = ", ".join(_flag(k) for k in given)
+        *rest, last = [_flag(k) for k in RESUME_OPTIONS]
         raise UserError(
             f"--resume continues the run with its saved configuration; it does not take {names} "
-            "(only --stop-after, --checkpoint-every and --quiet); start a new run to change them"
+            f"(only {', '.join(rest)} and {last}); start a new run to change them"
         )
 
 

@@ -70,9 +70,3 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     )
     model.load_state_dict(ckpt["model"])
     return model.eval()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind DDP and torch.compile wrappers."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile

@@ -14,6 +14,12 @@ OPTIMIZERS = ("sgd", "muon")  # muon: cnnzoo.train.muon, for conv filters; SGD f
 SCHEDULES = ("cosine", "linear", "constant", "step")  # step: ÷10 at 50% and 75% (He et al.)
 DATASETS = ("cifar10", "cifar100")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512  # --image-size; each model also checks it takes it
+# --seed: numpy's generators (the mixup draws) refuse negative seeds, and the loader and pruner
+# seed torch with seed × 1,000,003 + epoch, which must stay within 64 bits.
+MAX_SEED = 2**32
+# The fields a resumed run takes from its command line (--stop-after, --checkpoint-every,
+# --quiet); every other one comes from the run it continues.
+RESUME_OPTIONS = ("stop_after", "checkpoint_every", "quiet")
 
 # --checkpoint-every's default, in minutes. Its clock restarts at every checkpoint, the
 # end-of-epoch ones included, so epochs shorter than this never write a timed checkpoint (short
@@ -299,6 +305,11 @@ class TrainConfig:
             f"got {self.low_res}",
         )
         check_tta(self.tta_shift, self.tta_grid, self.tta_fraction)
+        need(
+            self.tta_shift < self.image_size,
+            f"--tta-shift {self.tta_shift} must be below --image-size {self.image_size} "
+            "(the shifted views pad by reflection)",
+        )
         need(0 <= self.prune < 1, f"--prune must be in [0, 1), got {self.prune}")
         need(0 < self.prune_pool <= 1, f"--prune-pool must be in (0, 1], got {self.prune_pool}")
         need(self.prune_full_last >= 0, "--prune-full-last must be >= 0")
@@ -307,6 +318,7 @@ class TrainConfig:
             "--prune weighs each image's loss and does not combine with --micro-batch",
         )
         need(self.val is None or self.val >= 0, f"--val must be >= 0, got {self.val}")
+        need(0 <= self.seed < MAX_SEED, f"--seed must be in [0, 2**32), got {self.seed}")
         need(
             MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
             f"--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {self.image_size}",

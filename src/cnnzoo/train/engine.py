@@ -60,7 +60,7 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     amp: Callable[[], contextlib.AbstractContextManager],
-    set_lr: Callable[[], float],
+    set_lr: Callable[[], None],
     scaler: torch.amp.GradScaler | None = None,
     after_step: Callable[[], None] | None = None,
     dist_info: DistInfo | None = None,
@@ -69,7 +69,7 @@ def train_epoch(
     on_step: Callable[[EpochPosition], None] | None = None,
     micro_batch: int | None = None,
 ) -> EpochStats:
-    """Train over ``batches`` once. ``set_lr`` sets and returns the step's learning rate;
+    """Train over ``batches`` once. ``set_lr`` sets the step's learning rate before it;
     ``after_step`` runs after each optimizer step (the weight average, say); ``on_batch`` gets,
     after every step, a function that returns (mean loss, accuracy, images) so far.
 

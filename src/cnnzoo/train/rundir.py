@@ -7,7 +7,9 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,12 @@ METRIC_COLUMNS = (
     "img_per_s",
     "images",  # trained this epoch, over all ranks (fewer in a --prune epoch)
 )
+# config.json holds, at the top level, the values the run used (the device, precision and
+# validation count it resolved: what report, compare and the benchmarks read) and, under this
+# key, the configuration as asked for (``TrainConfig.to_dict()``, as last.pt's "config"). A
+# resume rebuilds the asked-for one: the used values would pin "auto" to one machine's choice
+# and turn an image folder's val/ count into a --val that the folder refuses.
+REQUESTED_KEY = "requested"
 
 
 @contextlib.contextmanager
@@ -44,6 +52,18 @@ def reported_write(path: Path) -> Iterator[None]:
             f"cannot write {path}: {reason} ({_free_space(path.parent)}); "
             f"{path.name} is left as it was"
         ) from err
+
+
+def require_writable(folder: str | os.PathLike) -> None:
+    """``UserError`` (bad input, exit code 2) when ``folder`` cannot take a new file, checked
+    before any work: a read-only or missing folder is the user's to fix. A write that fails
+    later (a full disk) is a ``WriteFailed`` instead (exit code 1)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"cannot write to {folder}: {err.strerror}") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _free_space(folder: Path) -> str:
@@ -80,15 +100,43 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_config(out: Path, requested: dict[str, Any], used: dict[str, Any]) -> None:
+    """config.json: ``used`` over ``requested`` at the top level, ``requested`` apart."""
+    write_json(out / "config.json", {**requested, **used, REQUESTED_KEY: requested})
+
+
+def _jsonl_rows(path: Path) -> list[str]:
+    """The lines of a JSON-lines file that parse: a torn last line (a kill or a full disk in the
+    middle of a write by an older cnnzoo that appended in place) is skipped, not fatal."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        rows.append(line)
+    return rows
+
+
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """Add a row by rewriting the file (temp file + rename; it holds one row per epoch): a kill
+    leaves the old file or the new one, and a full disk is a ``WriteFailed`` that keeps it."""
+    rows = _jsonl_rows(path) if path.is_file() else []
+    write_text_atomic(path, "".join(r + "\n" for r in [*rows, json.dumps(row)]))
 
 
 # ---- the run directory's life: create, refuse, detect a kill, clean up, resume ---------------
 
 # The files a run writes atomically (temp file + rename), whose temp files a kill can leave.
-RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "metrics.csv", "summary.json")
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "config.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "summary.json",
+    GRADFLOW_FILE,
+)
 
 
 def stale_temp_files(out: Path) -> list[Path]:
@@ -117,8 +165,7 @@ def read_config(run: Path) -> dict[str, Any]:
 def truncate_jsonl(path: Path, last_epoch: int) -> None:
     """Keep the rows of a per-epoch JSON-lines file up to ``last_epoch`` (the resume point)."""
     if path.is_file():
-        rows = [r for r in path.read_text().splitlines() if r.strip()]
-        kept = [r for r in rows if json.loads(r)["epoch"] <= last_epoch]
+        kept = [r for r in _jsonl_rows(path) if json.loads(r)["epoch"] <= last_epoch]
         write_text_atomic(path, "".join(r + "\n" for r in kept))
 
 
@@ -133,11 +180,9 @@ def prepare_out_dir(out: Path, dist: DistInfo, resuming: bool) -> Path:
     if dist.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
         except OSError as err:
             raise UserError(f"cannot write to {out}: {err.strerror}") from None
+        require_writable(out)
         for stale in stale_temp_files(out):
             stale.unlink(missing_ok=True)
     barrier(dist)
@@ -169,7 +214,18 @@ class RunDir:
         return not self.file("last.pt").exists() and self.file("config.json").is_file()
 
     def config(self) -> dict[str, Any]:
+        """config.json: the values the run used (and, under ``REQUESTED_KEY``, the asked-for
+        configuration)."""
         return read_config(self.path)
+
+    def requested_config(self) -> dict[str, Any]:
+        """The configuration as asked for, which a resume rebuilds; a config.json written
+        before cnnzoo kept it apart gives its used values, as resumes then did."""
+        cfg = self.config()
+        requested = cfg.get(REQUESTED_KEY, cfg)
+        if not isinstance(requested, dict):
+            raise UserError(f"{self.file('config.json')} is not a cnnzoo run configuration")
+        return requested
 
     def summary(self) -> dict[str, Any] | None:
         """summary.json, or None while the run has not finished."""
@@ -189,4 +245,4 @@ class RunDir:
         path = self.file(GRADFLOW_FILE)
         if not path.is_file():
             return None
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in _jsonl_rows(path)]

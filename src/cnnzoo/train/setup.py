@@ -20,7 +20,7 @@ from cnnzoo.data.mix import Mix
 from cnnzoo.errors import UserError
 from cnnzoo.models import create_model, model_info
 from cnnzoo.train import checkpoint as ckpt_io
-from cnnzoo.train.config import TrainConfig
+from cnnzoo.train.config import RESUME_OPTIONS, TrainConfig
 from cnnzoo.train.ema import EMA
 from cnnzoo.train.lookahead import Lookahead
 from cnnzoo.train.muon import Muon
@@ -34,23 +34,42 @@ from cnnzoo.train.runtime import (
     resolve_device,
 )
 
+# create_model's own arguments, which the trainer passes itself (num_classes) or never does
+# (pretrained, weights: a run trains from its seed; stored in the checkpoints' model_kwargs
+# they would make every later load fetch those weights first).
+RESERVED_MODEL_KWARGS = frozenset({"num_classes", "pretrained", "weights"})
+
 
 def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dict | None]:
     """The run's configuration (a copy: the caller's stays as given) and, when resuming from a
-    checkpoint, its saved state. A resumed run keeps its saved configuration; only
-    ``stop_after``, ``checkpoint_every`` and ``quiet`` belong to this invocation. A run killed
-    before its first checkpoint starts over with its own config.json."""
+    checkpoint, its saved state. A resumed run keeps the configuration it was asked for
+    (last.pt's, or config.json's for a run killed before its first checkpoint, which starts
+    over); only ``RESUME_OPTIONS`` belong to this invocation."""
     cfg, state = dataclasses.replace(cfg), None
     if resume is not None:
-        if RunDir(resume).killed_before_first_checkpoint():
-            saved = TrainConfig.from_dict(RunDir(resume).config())
+        run = RunDir(resume)
+        if run.killed_before_first_checkpoint():
+            saved = TrainConfig.from_dict(run.requested_config())
         else:
             state = ckpt_io.load_checkpoint(resume / "last.pt")
             saved = TrainConfig.from_dict(state["config"])
-        saved.out, saved.stop_after, saved.quiet = str(resume), cfg.stop_after, cfg.quiet
-        saved.checkpoint_every = cfg.checkpoint_every
+        saved.out = str(resume)
+        for name in RESUME_OPTIONS:
+            setattr(saved, name, getattr(cfg, name))
         cfg = saved
     cfg.validate()
+    done = int(state["epoch"]) if state is not None else 0
+    if cfg.stop_after is not None and cfg.stop_after <= done:  # it would train nothing
+        raise UserError(
+            f"--stop-after {cfg.stop_after}: {resume} has already finished epoch {done}; "
+            "give a later epoch, or none to finish the run"
+        )
+    reserved = sorted(RESERVED_MODEL_KWARGS & set(cfg.model_kwargs))
+    if reserved:
+        raise UserError(
+            f"--model-kwargs cannot set {', '.join(reserved)}: the run builds the model with the "
+            "data's class count and initialises it from --seed"
+        )
     model_info(cfg.model)  # unknown names fail here, before any data is read
     try:  # and so do bad --model-kwargs: a build on the meta device allocates nothing
         with torch.device("meta"):

@@ -43,6 +43,7 @@ from cnnzoo.train.rundir import (
     prepare_out_dir,
     read_metrics,
     truncate_jsonl,
+    write_config,
     write_json,
 )
 from cnnzoo.train.runtime import (
@@ -173,11 +174,11 @@ class _Run:
         }
 
     def start(self) -> None:
-        """config.json (fully resolved), the epoch-0 gradient flow, the first log lines."""
+        """config.json (the values used, and the configuration as asked for), the epoch-0
+        gradient flow, the first log lines."""
         cfg, rt, n_train = self.cfg, self.rt, self.loaders.train_idx.numel()
         n_val = self.loaders.n_val
-        resolved = {
-            **cfg.to_dict(),
+        used = {
             "out": str(self.out),
             "device": str(rt.device),
             "precision": rt.precision,
@@ -197,7 +198,7 @@ class _Run:
         self.clock.reset()
         if not self.dist.is_main:
             return
-        write_json(self.out / "config.json", resolved)
+        write_config(self.out, cfg.to_dict(), used)
         if self.state.epoch == 0 and self.state.position is None:  # not after a resume in epoch 1
             self.callbacks.gradflow(self, epoch=0)
         self.progress.log(f"precision {rt.precision}: {rt.choice.reason}")
@@ -207,8 +208,8 @@ class _Run:
             f"rank(s)) -> {self.out}"
         )
 
-    def set_lr(self) -> float:
-        """The schedule's rate for the next step (a pure function of the step count); a group
+    def set_lr(self) -> None:
+        """Set the schedule's rate for the next step (a pure function of the step count); a group
         with an ``lr_scale`` (Muon's filters) takes that multiple of it, the ``whiten_bias``
         group (``--whiten-bias-decay``) its own decay."""
         step, per_epoch = self.state.step, self.per_epoch
@@ -217,7 +218,6 @@ class _Run:
             own = whiten_bias_lr_at(self.cfg, step, per_epoch) if group.get("whiten_bias") else lr
             group["lr"] = own * group.get("lr_scale", 1.0)
         self.state.step += 1
-        return lr
 
     def _after_step(self, epoch: int):
         """What runs after each optimizer step: the weight averages, if any."""
@@ -275,16 +275,22 @@ class _Run:
         checkpoint when the loss so far or the weights are not finite."""
         totals = all_reduce_sum(pos.totals.clone(), self.dist)
         check_finite(totals, pos.step - 1)
-        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
-            raise TrainingDiverged(
-                f"the weights became non-finite at step {pos.step} of this epoch; lower --lr "
-                "(the last good checkpoint is kept)"
-            )
+        self._check_weights(f"at step {pos.step} of this epoch")
         position = EpochPosition(pos.step, totals, pos.seconds)
         self._sync_pruner()
         self.saver.save_position(self.state, position, self.model, self._resume_state())
         self.clock.reset()
         barrier(self.dist)  # no rank stops (and ends the job) while rank 0 still writes
+
+    def _check_weights(self, where: str) -> None:
+        """Raise ``TrainingDiverged`` when a weight is not finite: before every save, so that
+        none goes over a good checkpoint (a step can overflow the weights while its loss, computed
+        before the update, was finite; without validation nothing else would notice)."""
+        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+            raise TrainingDiverged(
+                f"the weights became non-finite {where}; lower --lr "
+                "(the last good checkpoint is kept)"
+            )
 
     def _interrupted(self, signum: int, epoch: int, step: int) -> Interrupted:
         where = f"interrupted at epoch {epoch} step {step}; resume with: cnnzoo train --resume"
@@ -333,13 +339,16 @@ class _Run:
             "img_per_s": stats.img_per_s,
             "images": stats.images,
         }
+        self._check_weights(f"in epoch {epoch}")
         self.state.epoch = epoch
         self.state.history.append(row)
         improved = self._improved(epoch, val)
+        if self.dist.is_main:  # before last.pt, as the metrics: a kill between the two leaves an
+            # extra gradflow row that --resume drops, where the other order would lose one
+            self.callbacks.end_epoch(self, row)
         self.saver.save(self.state, improved, self.model, self.evaluated, self._resume_state())
         self.clock.reset()
         if self.dist.is_main:
-            self.callbacks.end_epoch(self, row)
             self.progress.end_epoch(row)
         barrier(self.dist)
         signum, _ = self._decide()
@@ -399,7 +408,9 @@ class _Run:
         return result
 
     def _best_model(self) -> nn.Module:
-        # rank 0 reads best.pt and sends it: other machines need not share the run directory
+        # rank 0 reads best.pt and sends it: the final test needs it on rank 0's machine only.
+        # (A resume needs the run directory on every node: each rank reads RUN/last.pt, in
+        # resolve_run, before the process group exists.)
         best = ckpt_io.load_checkpoint(self.out / "best.pt")["model"] if self.dist.is_main else None
         cfg = self.cfg
         model = create_model(cfg.model, num_classes=self.data.num_classes, **cfg.model_kwargs)
@@ -425,8 +436,9 @@ class _Run:
                 "params": sum(p.numel() for p in self.model.parameters()),
             },
         )
-        val = result.best_val_acc if result.best_val_acc is not None else float("nan")
+        val = result.best_val_acc  # None without validation: best.pt is the last epoch's
+        chosen = f"best val acc {val:.4f} (epoch {result.best_epoch}), " if val is not None else ""
         self.progress.log(
-            f"done: best val acc {val:.4f} (epoch {result.best_epoch}), test acc "
-            f"{result.test_acc:.4f} (best.pt), {result.test_acc_last:.4f} (final) -> {self.out}"
+            f"done: {chosen}test acc {result.test_acc:.4f} (best.pt), "
+            f"{result.test_acc_last:.4f} (final) -> {self.out}"
         )

@@ -1,0 +1,82 @@
+"""What ``--resume`` rebuilds: the configuration the run was asked for, from last.pt or (a run
+killed in epoch 1) from config.json, never the values one machine resolved; and what a resume
+may change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cnnzoo.train import TrainConfig, load_checkpoint, train
+from cnnzoo.train.config import RESUME_OPTIONS
+from cnnzoo.train.setup import resolve_run
+from helpers import assert_one_error_line, run_main
+from test_folder import make_folder
+
+
+def test_a_run_killed_in_epoch_one_resumes_with_the_config_it_asked_for(tmp_path: Path, capsys):
+    """An image folder with its own val/ (config.json: val 24, used) and --device/--precision
+    auto (config.json: cpu and the precision chosen) restarts as asked: no --val, auto."""
+    root = make_folder(tmp_path / "f", per_class=8, splits=("train", "val", "test"))
+    out = tmp_path / "run"
+    argv = ["train", "resnet20", "--data", str(root), "--epochs", "1", "--batch-size", "8",
+            "--threads", "1", "--quiet", "--out", str(out)]  # fmt: skip
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    used = json.loads((out / "config.json").read_text())
+    asked = load_checkpoint(out / "last.pt")["config"]
+    # the values used stay where readers (report, compare, the benchmarks) look them up
+    assert used["val"] == 24 and used["device"] != "auto" and used["precision"] != "auto"
+    assert used["requested"] == asked  # one configuration for both resume paths
+    assert (asked["val"], asked["device"], asked["precision"]) == (None, "auto", "auto")
+
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json"):
+        (out / name).unlink()  # as if killed in epoch 1, before its checkpoint
+    cfg, state = resolve_run(TrainConfig(quiet=True), out)
+    assert state is None and (cfg.val, cfg.device, cfg.precision) == (None, "auto", "auto")
+    code, _, err = run_main(["train", "--resume", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert (out / "summary.json").is_file()
+    again = json.loads((out / "config.json").read_text())
+    assert again["val"] == 24 and again["requested"]["val"] is None
+
+
+def test_a_config_json_without_the_requested_part_still_resumes(tmp_path: Path) -> None:
+    """config.json from before it kept the asked-for configuration apart: its values are used,
+    as resumes then did."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model": "resnet20", "seed": 3, "val": 64}))
+    cfg, _ = resolve_run(TrainConfig(quiet=True), out)
+    assert (cfg.model, cfg.seed, cfg.val, cfg.out) == ("resnet20", 3, 64, str(out))
+
+
+def test_resume_takes_only_the_resume_options_and_a_stop_after_ahead(tmp_path: Path, capsys):
+    out = tmp_path / "r"
+    small = dict(model="resnet20", data="synthetic", subset=128, val=64, batch_size=64)
+    train(TrainConfig(**small, precision="fp32", epochs=3, stop_after=1, quiet=True, out=str(out)))
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    # --stop-after at or before the epoch reached would train nothing: refused, nothing written
+    code, _, err = run_main(["train", "--resume", str(out), "--stop-after", "1"], capsys)
+    assert code == 2
+    assert "--stop-after 1: " in assert_one_error_line(err) and "finished epoch 1" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+
+    # the options a resume takes come from the invocation (RESUME_OPTIONS, one list) ...
+    given = TrainConfig(stop_after=2, checkpoint_every=0.5, quiet=False, lr=9.0)
+    cfg, state = resolve_run(given, out)
+    assert state is not None and state["epoch"] == 1
+    for k in RESUME_OPTIONS:
+        assert getattr(cfg, k) == getattr(given, k), k
+    assert cfg.lr == 0.1  # ... and the rest from the run
+    # ... and are the ones the refusal names
+    code, _, err = run_main(["train", "--resume", str(out), "--lr", "0.5"], capsys)
+    line = assert_one_error_line(err)
+    assert code == 2 and "--lr" in line
+    for k in RESUME_OPTIONS:
+        assert "--" + k.replace("_", "-") in line.split("(only ")[1]
+
+    code, _, err = run_main(["train", "--resume", str(out), "--quiet", "--stop-after", "2"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2

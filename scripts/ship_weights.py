@@ -8,13 +8,15 @@ The weights are ``best.pt``'s (chosen on the validation split), in fp32, or roun
 copy lost 2 of the 1,000 test images). Their test accuracy is measured again as shipped (after
 any rounding), with the run's TTA and precision, on ``--data`` and stored in
 the file's metadata beside the run's own figures, the recipe, the data version and the command;
-the file's sha256 goes into ``src/cnnzoo/weights/manifest.json``, which every load checks.
+the file's sha256 goes into ``src/cnnzoo/weights/manifest.json``, which every load checks
+(``--weights-dir`` writes both into another folder instead, e.g. to try the script out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,8 +25,9 @@ from cnnzoo.atomic import atomic_open
 from cnnzoo.commands.eval import evaluate_checkpoint
 from cnnzoo.data.archive import md5sum
 from cnnzoo.inference.weights import export_safetensors
-from cnnzoo.models.weights import MANIFEST, WEIGHTS_DIR, manifest
-from cnnzoo.train import load_checkpoint
+from cnnzoo.models.weights import MANIFEST, WEIGHTS_DIR
+from cnnzoo.train import TrainConfig, load_checkpoint
+from cnnzoo.train.engine import TTA
 
 # What the shared archive is (shared/data/cifar10/SOURCE.md), by its md5.
 DATA_VERSIONS = {
@@ -34,7 +37,7 @@ DATA_VERSIONS = {
 }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
     p.add_argument("--tag", default="cifar10")
@@ -43,7 +46,13 @@ def main() -> None:
     p.add_argument("--data", required=True, help="the archive the run trained on")
     p.add_argument("--machine", default="", help="CPU/GPU model and threads of the run")
     p.add_argument("--half", action="store_true", help="ship fp16 weights")
-    args = p.parse_args()
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=WEIGHTS_DIR,
+        help="where the weights file and manifest.json go (default: the package's)",
+    )
+    args = p.parse_args(argv)
 
     ckpt = load_checkpoint(args.run / "best.pt")
     summary = json.loads((args.run / "summary.json").read_text())
@@ -56,15 +65,17 @@ def main() -> None:
         },
     }
     torch.manual_seed(0)
-    shipped = evaluate_checkpoint(
-        rounded, args.data, "cpu", cfg.get("tta", False), 1000, cfg.get("tta_shift", 0)
-    )
-    md5 = md5sum(Path(args.data))
+    # all of the run's views (flip, shift, grid, fraction): those its own test_acc was measured
+    # with, so the two figures in the metadata compare like with like
+    tta = TTA.from_config(TrainConfig.from_dict(cfg))
+    shipped = evaluate_checkpoint(rounded, args.data, "cpu", tta, 1000)
+    data = Path(args.data)
+    md5 = md5sum(data) if data.is_file() else None  # a folder (or 'synthetic') has no md5
     extra = {
         "recipe": args.recipe,
         "command": args.command,
         "machine": args.machine,
-        "data": DATA_VERSIONS.get(md5, "unknown archive"),
+        "data": DATA_VERSIONS.get(md5, "unknown archive") if md5 else args.data,
         "data_md5": md5,
         "best_epoch": summary["best_epoch"],
         "epochs": summary["epochs"],
@@ -74,11 +85,12 @@ def main() -> None:
         "test_images": shipped["count"],
     }
     name = ckpt["model_name"]
-    out = WEIGHTS_DIR / f"{name}-{args.tag}.safetensors"
+    out = args.weights_dir / f"{name}-{args.tag}.safetensors"
     path, sha = export_safetensors(args.run / "best.pt", out, half=args.half, extra=extra)
-    table = manifest()
+    listing = args.weights_dir / MANIFEST.name
+    table = json.loads(listing.read_text()) if listing.is_file() else {}
     table.setdefault(name, {})[args.tag] = {"file": path.name, "sha256": sha}
-    with atomic_open(MANIFEST, "w") as f:
+    with atomic_open(listing, "w") as f:
         json.dump(table, f, indent=2, sort_keys=True)
         f.write("\n")
     print(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
 from cnnzoo.atomic import atomic_open, atomic_path
+from helpers import assert_one_error_line, make_checkpoint, run_main
 
 
 def test_replaces_with_umask_permissions(tmp_path: Path) -> None:
@@ -58,3 +60,46 @@ def test_atomic_path_error_removes_the_temp_file(tmp_path: Path) -> None:
         raise RuntimeError("check failed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_eval_writes_its_table_atomically_and_reports_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``cnnzoo eval --out``: confusion.csv was written in place (a crash left half a table)
+    and a failed write was a traceback. Now: an --out that is a file is refused before the
+    evaluation (exit 2); a failed write of the table or the figure is one line, exit 1, and
+    the previous table is kept."""
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    argv = ["eval", str(ckpt), "--device", "cpu", "--batch-size", "500", "--out"]
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    code, _, err = run_main([*argv, str(a_file)], capsys)
+    assert code == 2 and "is a file" in assert_one_error_line(err)
+    assert a_file.read_text() == "mine"
+
+    out = tmp_path / "out"
+    table = out / "eval" / "confusion.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text("the previous table")
+
+    def full_disk(fd: int) -> None:  # the temp file's fsync, before its rename
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full_disk)
+        code, _, err = run_main([*argv, str(out)], capsys)
+    assert code == 1
+    assert f"cannot write {table}: No space left on device" in assert_one_error_line(err)
+    assert table.read_text() == "the previous table"
+    assert sorted(p.name for p in table.parent.iterdir()) == ["confusion.csv"]
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr("cnnzoo.analysis.plots.save_figure", read_only)
+        code, _, err = run_main([*argv, str(out)], capsys)
+    assert code == 1
+    assert f"cannot write {out / 'eval' / 'confusion.png'}" in assert_one_error_line(err)
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("true\\predicted,") and len(rows) == 11  # the new table, whole

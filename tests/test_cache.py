@@ -176,3 +176,40 @@ def test_two_concurrent_first_starts_build_one_good_cache(
     assert not [name for name in os.listdir(tmp_path / "cache") if name.endswith(".tmp")]
     arrays, meta = cache.read(_cache_file(tmp_path / "cache"), _key(archive))
     assert meta["classes"][0] == "airplane" and arrays["train_x"].shape == (50000, 32, 32, 3)
+
+
+def test_a_batch_file_rewritten_in_place_is_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extracted folder's cache was keyed by the folder's own size and mtime, which do not
+    change when a batch file is rewritten in place: the old decode was served. Each batch
+    file's size and mtime are now in the key (a tiny spec keeps the files small)."""
+    import pickle
+
+    from hostile import TINY, valid_blobs
+
+    monkeypatch.setitem(cifar.DATASETS, "cifar10", TINY)
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, blob in valid_blobs().items():
+        (folder / name).write_bytes(blob)
+    before = load_dataset("cifar10", folder, quiet=True)
+
+    test_batch = folder / "test_batch"
+    d = pickle.loads(test_batch.read_bytes(), encoding="latin1")
+    d["labels"] = [(y + 1) % 10 for y in d["labels"]]
+    st, folder_st = test_batch.stat(), folder.stat()
+    with open(test_batch, "r+b") as f:  # in place: same inode, the folder's entry untouched
+        f.write(pickle.dumps(d, 2))
+        f.truncate()
+    os.utime(test_batch, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    os.utime(folder, ns=(folder_st.st_atime_ns, folder_st.st_mtime_ns))
+    assert (folder.stat().st_size, folder.stat().st_mtime_ns) == (
+        folder_st.st_size,
+        folder_st.st_mtime_ns,
+    )
+
+    after = load_dataset("cifar10", folder, quiet=True)
+    assert torch.equal(after.test_y, (before.test_y + 1) % 10)
+    assert torch.equal(after.train_x, before.train_x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -96,6 +97,82 @@ def test_wrong_image_count_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_data_offline_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz.*--data"):
         load_dataset("cifar10", tmp_path)
+
+
+def test_missing_data_in_the_default_folder_offline_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CNNZOO_DATA", str(tmp_path))
+    with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz not found.*CNNZOO_OFFLINE"):
+        load_dataset("cifar10")
+
+
+def test_a_data_path_that_holds_nothing_is_an_error_never_a_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in --data once became a new folder with CIFAR downloaded into it (``x.tar.xz``
+    a folder of that name): only the default folder is downloaded into."""
+    from cnnzoo.data import cifar
+
+    class Downloading(Exception):
+        pass
+
+    asked: list[Path] = []
+
+    def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
+        asked.append(dest)
+        raise Downloading
+
+    monkeypatch.setattr(cifar, "download", download)
+    monkeypatch.delenv("CNNZOO_OFFLINE")
+    given = tmp_path / "given"
+    given.mkdir()
+    for name in ("cifar-10-python.tar.xz", "cifar.tar.bz2", "typo", "a/b"):
+        with pytest.raises(
+            UserError, match=f"^no such file or folder: {re.escape(str(tmp_path / name))}$"
+        ):
+            load_dataset("cifar10", tmp_path / name, quiet=True)
+    with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz not found in .*given"):
+        load_dataset("cifar10", given, quiet=True)  # a folder, but not one with the data
+    assert asked == [] and sorted(p.name for p in tmp_path.iterdir()) == ["given"]
+    assert not list(given.iterdir())
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("CNNZOO_DATA", str(home))
+    with pytest.raises(Downloading):
+        load_dataset("cifar10", quiet=True)
+    assert asked == [home / "cifar-10-python.tar.gz"]
+
+
+def test_download_write_failure_is_not_called_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while saving a download was reported as "you may be offline" (exit 2); it is
+    now a WriteFailed (exit 1) naming the file, and nothing is kept. A network failure keeps
+    the offline wording."""
+    import errno
+    import os
+
+    from cnnzoo.data import archive
+    from cnnzoo.errors import WriteFailed
+
+    src = tmp_path / "served.tar.gz"
+    src.write_bytes(b"archive bytes" * 100)
+    md5 = archive.md5sum(src)
+    dest = tmp_path / "data" / "cifar-10-python.tar.gz"
+
+    def full_disk(fd: int) -> None:  # the temp file's fsync, before its rename
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(WriteFailed, match=re.escape(f"cannot write {dest}: No space left on")):
+        archive.download(src.as_uri(), dest, md5, quiet=True)
+    assert not list(dest.parent.iterdir()), "no temp file left"
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="you may be offline"):
+        archive.download((tmp_path / "gone.tar.gz").as_uri(), dest, md5, quiet=True)
+    archive.download(src.as_uri(), dest, md5, quiet=True)
+    assert dest.read_bytes() == src.read_bytes()
 
 
 @pytest.mark.skipif(not REAL_CIFAR10.is_file(), reason="the project's CIFAR-10 copy is absent")

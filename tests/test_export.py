@@ -134,3 +134,37 @@ def test_cli_output_folder_not_writable(ckpt, tmp_path, capsys, monkeypatch):
     assert code == 2
     assert assert_one_error_line(err) == f"error: cannot write to {tmp_path}: Permission denied"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_nan_on_real_images_fails_the_check(ckpt, tmp_path, monkeypatch):
+    """max(random_diff, nan) is random_diff: a NaN on the real images once passed the check."""
+    import cnnzoo.inference.export as export
+
+    compare = export._compare
+
+    def nan_on_real(*args, **kwargs):
+        random_diff, _, real, note = compare(*args, **kwargs)
+        return random_diff, float("nan"), real, note
+
+    monkeypatch.setattr(export, "_compare", nan_on_real)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportMismatch, match="differ by nan"):
+        export_onnx(ckpt, out)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_onnx_write_is_exit_1_and_keeps_the_old_file(ckpt, tmp_path, monkeypatch, capsys):
+    """A full disk while saving the labelled model was a traceback; now one line, exit 1."""
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full_disk)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the user's previous file")
+    code, _, err = run_main(["export", str(ckpt), "-o", str(out)], capsys)
+    assert code == 1
+    assert f"cannot write {out}: No space left on device" in assert_one_error_line(err)
+    assert out.read_bytes() == b"the user's previous file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

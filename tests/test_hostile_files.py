@@ -4,6 +4,7 @@ error line; each is now a one-line ``UserError`` (or, for valid data, a result).
 
 from __future__ import annotations
 
+import copyreg
 import gzip
 import io
 import lzma
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnzoo.data import cifar
+from cnnzoo.data import cifar, safe_pickle
 from cnnzoo.errors import UserError
 from cnnzoo.inference.predict import load_image
 from fuzzkit import png_header, time_limit
@@ -240,3 +241,49 @@ def test_long_image_keeps_its_centre(tmp_path):
     im[1984:2016] = 250
     Image.fromarray(im).save(tmp_path / "tall.png")
     assert (load_image(tmp_path / "tall.png") > 200).all()
+
+
+def _batch_made_by_calling_ndarray(opcode: str) -> bytes:
+    """A test batch whose 'data' the pickle makes itself: ``numpy.ndarray((N, 3072), 'u1')``
+    (REDUCE) or ``numpy.ndarray.__new__`` (NEWOBJ), an array of the file's chosen size."""
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if type(obj) is not np.ndarray:
+                return NotImplemented
+            if opcode == "newobj":
+                return copyreg.__newobj__, (np.ndarray, obj.shape, "u1")
+            return np.ndarray, (obj.shape, "u1")
+
+    buf = io.BytesIO()
+    Pickler(buf, 2).dump({"data": np.zeros((N, 3072), np.uint8), "labels": [0] * N})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("opcode", ["reduce", "newobj"])
+def test_numpy_ndarray_cannot_be_called_by_the_file(tmp_path, opcode):
+    """Was an allocation of the file's choosing: a 60-byte batch file could call
+    ``numpy.ndarray((12 << 30,), 'u1')``, then filled by ``astype``. Here the size is a
+    batch's, so that the old reader took the uninitialised memory as images."""
+    blob = _batch_made_by_calling_ndarray(opcode)
+    assert b"numpy\nndarray" in blob and len(blob) < 200
+    with pytest.raises((pickle.UnpicklingError, TypeError)):
+        safe_pickle.loads(blob)
+    with pytest.raises(UserError, match="corrupt batch file test_batch"):
+        _load(tmp_path, _with(test_batch=blob))
+
+
+def test_arrays_of_every_protocol_still_read() -> None:
+    """``numpy.ndarray`` now names a token, not the class: real array pickles still load."""
+    x = np.arange(N * 3072, dtype=np.uint8).reshape(N, 3072)
+    for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        for a in (x, np.asfortranarray(x), x[:, ::2]):
+            assert np.array_equal(safe_pickle.loads(pickle.dumps(a, proto)), a)
+
+
+def test_data_larger_than_any_cifar_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """The second guard: whatever made the array, one bigger than ``MAX_MEMBER_BYTES`` is
+    refused before min/max/astype touch it (here the limit is lowered below a batch)."""
+    monkeypatch.setattr(cifar, "MAX_MEMBER_BYTES", N * 3072 - 1)
+    with pytest.raises(UserError, match="more than any CIFAR file"):
+        _load(tmp_path, valid_blobs())

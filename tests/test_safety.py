@@ -184,3 +184,29 @@ def test_cli_unsafe_archive(tmp_path, capsys, monkeypatch, kind):
 def test_archive_extraction_uses_data_filter():
     text = (SRC / "data" / "archive.py").read_text()
     assert 'filter="data"' in text
+
+
+def test_too_many_tar_members_are_refused(tmp_path, monkeypatch):
+    """Millions of empty members (a few bytes each, compressed) would fill memory with headers:
+    past the cap the archive is refused, both when read and when extracted."""
+    import io
+
+    from cnnzoo.data import archive
+
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 5, raising=False)  # (old code: no cap at all)
+
+    def tar_of(n: int, path: Path) -> Path:
+        with tarfile.open(path, "w") as tar:
+            for i in range(n):
+                tar.addfile(tarfile.TarInfo(f"folder/{i}"), io.BytesIO(b""))
+        return path
+
+    ok = tar_of(5, tmp_path / "ok.tar")
+    assert read_tar_members(ok, {"0"}) == {"0": b""}
+    bomb = tar_of(6, tmp_path / "bomb.tar")
+    with pytest.raises(UserError, match="more than 5 members"):
+        read_tar_members(bomb, {"0"})
+    dest = tmp_path / "dest"
+    with pytest.raises(UserError, match="more than 5 members"):
+        safe_extract(bomb, dest)
+    assert not list(dest.rglob("*")), "nothing extracted"

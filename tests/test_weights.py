@@ -174,3 +174,58 @@ def test_predict_with_shipped_weights_names_cifar_classes(tmp_path, capsys) -> N
     top = json.loads(out)[0]["top_k"]
     classes = cnnzoo.create_model("resnet20", pretrained=True).pretrained_cfg["classes"]
     assert {t["class"] for t in top} <= set(classes) and "airplane" in classes
+
+
+def test_image_size_travels_with_the_weights(tmp_path, capsys) -> None:
+    """A 64-px run's exported weights were read back as 32 px (the metadata lacked the size):
+    predict resized images to the wrong size."""
+    from cnnzoo.inference.predict import Predictor, checkpoint_image_size
+    from cnnzoo.inference.weights import pretrained_checkpoint
+
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "c.pt"))
+    ckpt["config"]["image_size"] = 64
+    torch.save(ckpt, tmp_path / "c64.pt")
+    out = tmp_path / "r20-64.safetensors"
+    code, _, err = run_main(["export", str(tmp_path / "c64.pt"), "-o", str(out)], capsys)
+    assert code == 0, err
+    back = pretrained_checkpoint("resnet20", str(out))
+    assert back["pretrained"]["image_size"] == 64
+    assert checkpoint_image_size(back) == 64 and Predictor(back).image_size == 64
+    # a file written before the size was recorded (the shipped ones) is CIFAR's 32
+    assert checkpoint_image_size(pretrained_checkpoint("resnet20")) == 32
+
+
+def test_a_failed_safetensors_write_is_exit_1_and_keeps_the_old_file(
+    ckpt, tmp_path, monkeypatch, capsys
+) -> None:
+    """A full disk was a UserError (exit 2, "bad input"); it is a write failure (exit 1)."""
+    import errno
+    import os
+
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"the user's previous file")
+
+    def full_disk(fd: int) -> None:  # the temp file's fsync, before its rename
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    code, _, err = run_main(["export", str(ckpt), "-o", str(out)], capsys)
+    assert code == 1
+    line = assert_one_error_line(err)
+    assert f"cannot write {out}: No space left on device" in line
+    assert out.read_bytes() == b"the user's previous file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+def test_safetensors_into_an_unwritable_folder_is_bad_input(ckpt, tmp_path, monkeypatch, capsys):
+    """As for ONNX: a folder that refuses new files is the user's to fix (exit code 2), found
+    before anything is written; only a write that fails later is exit code 1."""
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("cnnzoo.atomic.tempfile.mkstemp", refuse)
+    code, _, err = run_main(["export", str(ckpt), "-o", str(tmp_path / "w.safetensors")], capsys)
+    assert code == 2
+    assert assert_one_error_line(err) == f"error: cannot write to {tmp_path}: Permission denied"
+    assert not list(tmp_path.iterdir())

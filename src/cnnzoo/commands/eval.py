@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -27,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument(
         "--out",
-        help="folder for confusion.csv/.png "
-        "(default: beside the checkpoint; none with --pretrained)",
+        metavar="FOLDER",
+        help="write FOLDER/eval/confusion.csv, .png and .svg (default FOLDER: the checkpoint's "
+        "folder; nothing is written for --pretrained without --out)",
     )
     p.add_argument(
         "--tta",
@@ -73,6 +75,7 @@ def evaluate_checkpoint(
 
     from cnnzoo.data import TensorLoader, load_dataset
     from cnnzoo.errors import UserError
+    from cnnzoo.inference.predict import checkpoint_image_size
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
     from cnnzoo.train.config import check_tta
     from cnnzoo.train.engine import TTA, evaluate
@@ -88,7 +91,7 @@ def evaluate_checkpoint(
         cfg.get("dataset", "cifar10"),
         data if data else cfg.get("data"),
         quiet=True,
-        image_size=int(cfg.get("image_size") or 32),  # an image folder's, as trained
+        image_size=checkpoint_image_size(ckpt),  # an image folder's, as trained
     )
     if ds.num_classes != ckpt["num_classes"]:
         raise UserError(
@@ -122,26 +125,30 @@ def evaluate_checkpoint(
 
 
 def write_confusion(result: dict[str, Any], out: Path) -> list[Path]:
-    """confusion.csv and confusion.png (rows: true class, columns: predicted)."""
+    """confusion.csv and confusion.png/.svg (rows: true class, columns: predicted). A file that
+    cannot be written is a ``WriteFailed`` naming it (the CLI's one line, exit code 1)."""
     from cnnzoo.analysis.plots import plot_confusion
+    from cnnzoo.train.rundir import reported_write, write_text_atomic
 
-    out.mkdir(parents=True, exist_ok=True)
+    with reported_write(out):
+        out.mkdir(parents=True, exist_ok=True)
     classes = result["classes"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true\\predicted", *classes])
+    for name, row in zip(classes, result["confusion"], strict=True):
+        w.writerow([name, *row])
     path = out / "confusion.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["true\\predicted", *classes])
-        for name, row in zip(classes, result["confusion"], strict=True):
-            w.writerow([name, *row])
-    return [
-        path,
-        *plot_confusion(
+    write_text_atomic(path, buf.getvalue())  # temp file + rename: never a torn table
+    figure = out / "confusion.png"
+    with reported_write(figure):
+        figures = plot_confusion(
             result["confusion"],
             classes,
-            out / "confusion.png",
+            figure,
             title=f"{result['model']}: test accuracy {result['accuracy']:.2%}",
-        ),
-    ]
+        )
+    return [path, *figures]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.pretrained is None):
         raise UserError("give a checkpoint or --pretrained MODEL (one of the two)")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file; name a folder")  # before the evaluation
     if args.pretrained:
         from cnnzoo.inference.weights import pretrained_checkpoint
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-# The same defaults as cnnzoo.inference.export (not imported here: it imports torch, and
-# building the parser must stay fast).
-DEFAULT_OPSET = 17
-DEFAULT_ATOL = 1e-3
+from cnnzoo.inference.export_defaults import DEFAULT_ATOL, DEFAULT_OPSET
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint to ONNX (needs `pip install 'cnnzoo[onnx]'`) or safetensors",
         description="An output ending in .safetensors gets the weights with their metadata "
-        "(model, kwargs, classes, mean/std), loadable with create_model(name, weights=FILE). "
-        "Otherwise export to ONNX with a dynamic batch dimension; input 'input' (N,3,32,32) "
-        "float32 normalised as in training, output 'logits'. The file is checked with "
+        "(model, kwargs, classes, mean/std, image size), loadable with "
+        "create_model(name, weights=FILE). "
+        "Otherwise export to ONNX with a dynamic batch dimension; input 'input' (N,3,S,S) "
+        "float32 normalised as in training (S: the run's image size, 32 for CIFAR), output "
+        "'logits'. The file is checked with "
         "onnxruntime against PyTorch on random and real test images and is written only if "
         "the maximum absolute difference is within --atol (exit code 1 otherwise).",
     )

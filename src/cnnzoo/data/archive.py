@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
 import posixpath
 import sys
 import tarfile
-import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from cnnzoo.atomic import atomic_open
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, WriteFailed
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -29,6 +30,10 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 # is read: a few compressed kilobytes can declare gigabytes (a decompression bomb).
 MAX_MEMBER_BYTES = 256 << 20
 
+
+# A CIFAR archive holds 8 or 5 files and a folder. tarfile keeps every header it has read, so
+# millions of empty members (a few bytes each, compressed) would be a memory and time bomb.
+MAX_MEMBERS = 10_000
 
 # pax and GNU long-name headers carry a few hundred bytes of names and attributes.
 MAX_HEADER_BYTES = 1 << 20
@@ -60,6 +65,22 @@ def _check_size(member: tarfile.TarInfo, limit: int) -> None:
         )
 
 
+def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Every member, header by header to the end (truncation shows up here), each checked
+    (``check_member``) as it is read, so a bad member is refused before anything after its
+    header is decompressed; more than ``MAX_MEMBERS`` is refused as it is reached."""
+    members = []
+    for m in tar:
+        if len(members) >= MAX_MEMBERS:
+            raise UserError(
+                f"archive {tar.name} holds more than {MAX_MEMBERS} members; "
+                "a CIFAR archive holds a few"
+            )
+        check_member(m)
+        members.append(m)
+    return members
+
+
 def check_member(member: tarfile.TarInfo) -> None:
     """Refuse absolute paths, ``..`` components, links or special files, and members larger
     than ``MAX_MEMBER_BYTES``.
@@ -86,13 +107,7 @@ def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo) as tar:
-            members = []
-            # Header by header to the end (truncation shows up here): a bad member is refused
-            # before anything after its header is decompressed.
-            for m in tar:
-                check_member(m)
-                members.append(m)
-            for m in members:
+            for m in _checked_members(tar):
                 base = posixpath.basename(m.name)
                 if m.isfile() and base in wanted:
                     f = tar.extractfile(m)
@@ -123,9 +138,7 @@ def safe_extract(path: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo) as tar:
-            members = tar.getmembers()
-            for m in members:
-                check_member(m)
+            members = _checked_members(tar)
             tar.extractall(dest, members=members, filter="data")
     except _READ_ERRORS as err:
         raise UserError(f"cannot extract archive {path}: {_one_line(err)}") from None
@@ -133,32 +146,51 @@ def safe_extract(path: Path, dest: Path) -> None:
 
 def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
     """Download ``url`` to ``dest`` with a progress bar; keep it only if its md5 is ``md5``
-    (written through a temp file, so a failed or interrupted download leaves nothing behind)."""
+    (written through a temp file, so a failed or interrupted download leaves nothing behind).
+    A network failure is a ``UserError`` (maybe offline); a local one writing ``dest`` (a full
+    disk, a read-only folder) a ``WriteFailed``."""
     from tqdm.auto import tqdm  # a widget in Jupyter, the terminal's bar elsewhere
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with atomic_open(dest, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            bar = tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                desc=dest.name,
-                disable=quiet,
-                file=sys.stderr,
-            )
-            while block := resp.read(1 << 20):
-                out.write(block)
-                digest.update(block)
-                bar.update(len(block))
-            bar.close()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(dest, "wb") as out:
+            with _network(url, dest):
+                resp = urllib.request.urlopen(url, timeout=30)
+            with resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                bar = tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    disable=quiet,
+                    file=sys.stderr,
+                )
+                while True:
+                    with _network(url, dest):
+                        block = resp.read(1 << 20)
+                    if not block:
+                        break
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+                bar.close()
             if digest.hexdigest() != md5:  # raising here discards the temp file
                 raise UserError(
                     f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}; not kept"
                 )
-    except (urllib.error.URLError, OSError) as err:
+    except OSError as err:  # the network's errors are UserErrors by now: this one is local
+        raise WriteFailed(f"cannot write {dest}: {err.strerror or err}; nothing kept") from None
+
+
+@contextlib.contextmanager
+def _network(url: str, dest: Path) -> Iterator[None]:
+    """Around the calls that talk to the server (opening, each read): their ``OSError`` (a
+    ``URLError``, a reset connection, a timeout) is the network's, not the local disk's."""
+    try:
+        yield
+    except OSError as err:
         raise UserError(
             f"could not download {url} ({err}); you may be offline — put the archive at {dest} "
             "or pass --data PATH"

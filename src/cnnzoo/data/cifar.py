@@ -1,8 +1,9 @@
 """CIFAR-10/100 from the official python archives, decoded once and cached as uint8 arrays.
 
 Where the data comes from, in order: ``--data PATH`` (an archive, the extracted folder, or a
-folder holding either), else ``$CNNZOO_DATA``, else ``~/.cache/cnnzoo``. When nothing is there,
-the official archive is downloaded (progress bar, md5 checked). A copy whose md5 differs from
+folder holding either), else ``$CNNZOO_DATA``, else ``~/.cache/cnnzoo``. When nothing is in the
+last two, the official archive is downloaded there (progress bar, md5 checked); a ``--data PATH``
+that holds no data is an error, never a download. A copy whose md5 differs from
 the official one is used with a warning (the project's JPEG-rebuilt copy is such a copy).
 ``--data PATH`` may also name a folder of your own images (``cnnzoo.data.folder``).
 """
@@ -139,11 +140,16 @@ def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
     for c in candidates:
         if c.is_file() or (c.is_dir() and (c / spec.test_file).is_file()):
             return c
-    if explicit and not root.exists() and root.suffix in (".gz", ".tar", ".tgz"):
-        raise UserError(f"no such file: {root}")
-    hint = layout_hint(root) if explicit and root.is_dir() else None
-    if hint:  # meant as an image folder: say how, rather than download CIFAR into it
-        raise UserError(hint)
+    if explicit:  # a typo in --data must not become a new folder with a download in it
+        if not root.exists():
+            raise UserError(f"no such file or folder: {root}")
+        hint = layout_hint(root) if root.is_dir() else None
+        if hint:  # meant as an image folder: say how
+            raise UserError(hint)
+        raise UserError(
+            f"{spec.archive} not found in {root}; pass --data PATH to the archive or its "
+            f"extracted folder, or leave --data out to download it into {default_root()}"
+        )
     if os.environ.get("CNNZOO_OFFLINE"):
         raise UserError(
             f"{spec.archive} not found in {root} and CNNZOO_OFFLINE is set; "
@@ -155,9 +161,22 @@ def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
     return root / spec.archive
 
 
-def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
+def _source_key(spec: Spec, source: Path) -> str:
+    """Names the decoded data: the archive's size and mtime, or for an extracted folder each
+    batch file's (the folder's own stat does not change when a file is rewritten in place)."""
     st = source.stat()
     key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if source.is_dir():
+        for f in sorted({*spec.train_files, spec.test_file, spec.meta_file}):
+            path = source / f
+            if path.is_file():  # a missing file is reported by the decode
+                fst = path.stat()
+                key += f"|{f}|{fst.st_size}|{fst.st_mtime_ns}"
+    return key
+
+
+def _load_cached(spec: Spec, name: str, source: Path, quiet: bool) -> Dataset:
+    key = _source_key(spec, source)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         arrays = _decode(spec, source, quiet)
@@ -260,6 +279,10 @@ def _batch(spec: Spec, d: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     x = d.get("data")
     if not isinstance(x, np.ndarray) or x.dtype.kind not in "ui" or x.size % 3072:
         raise UserError(f"{where}: 'data' must be an integer array of rows of 3072 pixels")
+    # Before anything reads it (min, max, astype): an array bigger than any CIFAR file did not
+    # come from the file's own bytes, and reading it would touch all of that memory.
+    if x.nbytes > MAX_MEMBER_BYTES:
+        raise UserError(f"{where}: 'data' holds {x.nbytes} bytes, more than any CIFAR file")
     if x.size and (x.min() < 0 or x.max() > 255):
         raise UserError(f"{where}: pixel values outside 0..255")
     # rows are R(1024) G(1024) B(1024) -> (n, 3, 32, 32) -> (n, 32, 32, 3)

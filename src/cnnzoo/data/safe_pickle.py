@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -23,11 +23,29 @@ except ImportError:  # numpy 1.x
     from numpy.core.numeric import _frombuffer
 
 
-def _array(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
+class _NdarrayName:
+    """What the global ``numpy.ndarray`` unpickles to: a token that ``_array`` takes as the
+    type of a pickled array, not numpy's class. The class itself, called by the file
+    (``ndarray((N,), 'u1')`` in a REDUCE, or ``ndarray.__new__`` in a NEWOBJ), would allocate
+    N bytes of the file's choosing; the token refuses to be called."""
+
+    __slots__ = ()  # one shared token: a BUILD opcode must not give it attributes
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise pickle.UnpicklingError("refused a call of numpy.ndarray (only arrays' own pickles)")
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayName()
+
+
+def _array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """numpy's ``_reconstruct`` for plain arrays only. The real shape and data arrive in the
     following ``__setstate__``, so the placeholder is always empty: a file cannot make this
     call allocate (a pickled ``shape`` of 2**40 would)."""
-    if subtype is not np.ndarray:
+    if subtype is not _NDARRAY:
         raise pickle.UnpicklingError(f"refused array subclass {subtype!r}")
     return _reconstruct(np.ndarray, (0,), dtype)
 
@@ -46,7 +64,7 @@ ALLOWED: dict[tuple[str, str], Any] = {
     **{(m, "scalar"): scalar for m in _NUMPY},
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,  # protocol-5 arrays
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,  # only as _reconstruct's first argument
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1,
 }

@@ -20,7 +20,6 @@ PyTorch's TorchScript-based one (``dynamo=False``), which needs nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
@@ -35,11 +34,9 @@ from torch import nn
 from cnnzoo.atomic import atomic_path
 from cnnzoo.data import normalize
 from cnnzoo.errors import UserError
+from cnnzoo.inference.export_defaults import DEFAULT_ATOL, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from cnnzoo.train.rundir import reported_write, require_writable
 
-DEFAULT_OPSET = 17
-MIN_OPSET = 9
-MAX_OPSET = 20  # the TorchScript-based exporter's newest opset
-DEFAULT_ATOL = 1e-3
 INPUT_NORMALISED = {  # metadata: what the graph's input is, by --include-normalization
     True: "float32 NCHW RGB in [0, 1] (pixel / 255); normalised inside the graph",
     False: "float32 NCHW RGB, normalised: (pixel / 255 - mean) / std",
@@ -123,11 +120,10 @@ def export_onnx(
     classes = [str(c) for c in ckpt.get("classes") or range(int(ckpt["num_classes"]))]
     size = checkpoint_image_size(ckpt)
 
-    with contextlib.ExitStack() as stack:
-        try:
-            tmp = stack.enter_context(atomic_path(out))
-        except OSError as err:
-            raise UserError(f"cannot write to {out.parent}: {err.strerror}") from None
+    require_writable(out.parent)
+    # the folder takes files: a failed write now (a full disk, the rename) is a WriteFailed
+    # naming the file (exit code 1), the user's old file kept
+    with reported_write(out), atomic_path(out) as tmp:
         _export(module, tmp, opset, size)
         meta = {
             "cnnzoo.model": str(ckpt["model_name"]),
@@ -142,7 +138,9 @@ def export_onnx(
         random_diff, real_diff, real, real_note = _compare(
             session, module, ckpt, data, include_normalization, mean, std
         )
-        _require_close(max(random_diff, real_diff or 0.0), atol, out)
+        _require_close(random_diff, atol, out)
+        if real_diff is not None:  # apart: max(random_diff, nan) would drop the NaN
+            _require_close(real_diff, atol, out)
     return ExportReport(
         path=out,
         model=str(ckpt["model_name"]),
@@ -224,6 +222,8 @@ def _export(module: nn.Module, path: Path, opset: int, size: int) -> None:
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                 do_constant_folding=True,
             )
+        except OSError:
+            raise  # writing the file failed, not the export: reported as a write failure
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
             raise UserError(f"ONNX export failed (opset {opset}): {first}") from None

@@ -1,8 +1,9 @@
 """Between training checkpoints and safetensors weights files (``cnnzoo.models.weights``).
 
 ``export_safetensors`` writes a checkpoint's weights with the metadata a user of the file needs
-(model name and kwargs, classes, mean/std, dataset, recipe); ``pretrained_checkpoint`` turns
-shipped weights back into the checkpoint-shaped dict that ``eval`` and ``predict`` read.
+(model name and kwargs, classes, mean/std, dataset, image size, evaluation views, recipe);
+``pretrained_checkpoint`` turns shipped weights back into the checkpoint-shaped dict that
+``eval`` and ``predict`` read.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.errors import UserError
-from cnnzoo.inference.predict import checkpoint_normalization
+from cnnzoo.inference.predict import checkpoint_image_size, checkpoint_normalization
 from cnnzoo.models import model_info
 from cnnzoo.models.weights import resolve_weights, save_weights
 from cnnzoo.train.checkpoint import load_checkpoint
+from cnnzoo.train.rundir import reported_write, require_writable
 
 
 def output_file(out: str | os.PathLike, suffix: str) -> Path:
@@ -41,6 +43,7 @@ def weights_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
         "mean": list(mean),
         "std": list(std),
         "dataset": cfg.get("dataset", "cifar10"),
+        "image_size": checkpoint_image_size(ckpt),  # predict resizes to it
         "epoch": ckpt.get("epoch"),
         "val_acc": ckpt.get("val_acc"),
         "tta": bool(cfg.get("tta", False)),
@@ -61,10 +64,9 @@ def export_safetensors(
     out = output_file(out, ".safetensors")
     ckpt = load_checkpoint(checkpoint)
     meta = {**weights_metadata(ckpt), **(extra or {}), "dtype": "float16" if half else "float32"}
-    try:
+    require_writable(out.parent)  # a read-only folder: bad input, exit code 2, as for ONNX
+    with reported_write(out):  # a full disk now: WriteFailed, exit code 1
         sha = save_weights(ckpt["model"], out, meta, half=half)
-    except OSError as err:
-        raise UserError(f"cannot write {out}: {err.strerror}") from None
     return out, sha
 
 
@@ -80,6 +82,8 @@ def pretrained_checkpoint(name: str, weights: str = "cifar10") -> dict[str, Any]
         "mean": meta.get("mean"),
         "std": meta.get("std"),
         "model": state,
-        "config": {"dataset": meta.get("dataset", "cifar10")},
+        # what eval and predict read from a run's config; files written before image_size
+        # was recorded are CIFAR's 32 px (checkpoint_image_size's default)
+        "config": {"dataset": meta.get("dataset", "cifar10"), "image_size": meta.get("image_size")},
         "pretrained": meta,
     }

@@ -1,10 +1,12 @@
 """The GPU campaign: train the next jobs of ``benchmarks/gpu_jobs.json`` in one lent-GPU call.
 
 A job is done when ``docs/results/accuracy/gpu/<id>/summary.json`` is committed, so every call
-starts with the first job not yet done and starts no job whose estimate no longer fits the
-``--budget`` (seconds). Each finished run's config, metrics, gradient flow and summary, and the
-fp16 weights of the small models, go into one ``campaign.tar.gz`` under ``--out`` (the device
-tool brings back at most 8 files of <= 16 MiB), with a log beside it.
+starts with the first job not yet done. It starts no job whose estimate no longer fits what is
+left of the ``--budget`` (seconds), going on to later, shorter ones, and names each job whose
+estimate exceeds the whole budget (no call of this budget can run it). Each finished run's
+config, metrics, gradient flow and summary, and the fp16 weights of the small models, go into
+one ``campaign.tar.gz`` under ``--out`` (the device tool brings back at most 8 files of
+<= 16 MiB), with a log beside it.
 
 On the GPU machine, with the dataset carried as the travel pack (shared/data/cifar10/SOURCE.md):
 
@@ -89,16 +91,26 @@ def run_jobs(args: argparse.Namespace) -> int:
         )
         data = str(work / "data")
     jobs = pending(json.loads(Path(args.jobs_file).read_text())["jobs"], Path(args.results))
+    if not args.dry_run:  # (a dry run trains any job for one epoch)
+        for job in (j for j in jobs if j["est_s_h100"] > args.budget):
+            say(
+                f"never fits: {job['id']} needs ~{job['est_s_h100']} s, more than the whole "
+                f"--budget {args.budget:.0f} s; split the job or raise the budget"
+            )
+        jobs = [j for j in jobs if j["est_s_h100"] <= args.budget]
     if args.jobs:
         jobs = jobs[: args.jobs]
     say(f"{len(jobs)} job(s) pending; budget {args.budget:.0f} s; data {data}")
-    start, stage = time.monotonic(), work / "stage"
+    stage = work / "stage"
     stage.mkdir()
+    # the budget's seconds used by the jobs run so far: 0 until the first starts, so a job
+    # estimated at the whole budget runs when it comes first
+    spent = 0.0
     for job in jobs:
-        left = args.budget - (time.monotonic() - start)
+        left = args.budget - spent
         if not args.dry_run and job["est_s_h100"] > left:
-            say(f"stop: {job['id']} needs ~{job['est_s_h100']} s, {left:.0f} s left")
-            break
+            say(f"skip for now: {job['id']} needs ~{job['est_s_h100']} s, {left:.0f} s left")
+            continue
         cmd = train_command(job, data, work, args.dry_run)
         t0 = time.monotonic()
         try:
@@ -106,12 +118,13 @@ def run_jobs(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             done = False
         seconds = time.monotonic() - t0
-        if not done:
+        if done:
+            pack_results(job, work / job["id"], stage, seconds, cmd)
+            summary = json.loads((work / job["id"] / "summary.json").read_text())
+            say(f"{job['id']}: test acc {summary['test_acc']:.4f} in {seconds:.1f} s")
+        else:
             say(f"{job['id']}: FAILED or cut off after {seconds:.0f} s (not marked done)")
-            continue
-        pack_results(job, work / job["id"], stage, seconds, cmd)
-        summary = json.loads((work / job["id"] / "summary.json").read_text())
-        say(f"{job['id']}: test acc {summary['test_acc']:.4f} in {seconds:.1f} s")
+        spent += time.monotonic() - t0  # packing included
     with tarfile.open(out / "campaign.tar.gz", "w:gz") as tar:
         tar.add(stage, arcname="campaign")
     size = (out / "campaign.tar.gz").stat().st_size
@@ -159,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "run" and not args.dry_run and not (args.data or args.pack):
         p.error("give --data or --pack (or --dry-run)")
+    if args.cmd == "run" and args.pack and not args.travel:
+        p.error("--pack needs --travel (the cifar10_travel.py that unpacks it)")
     return args.func(args)
 
 

@@ -161,7 +161,7 @@ def time_compile(args, model, batches, optimizer, criterion, amp) -> None:
     e, c = times["eager"] / n, times["compiled"] / n
     print(
         f"  eager {e * 1e3:.0f} ms/step, compiled {c * 1e3:.0f} ms/step: "
-        f"compiled/eager {e / c:.2f}x"
+        f"speed-up (eager/compiled) {e / c:.2f}x"
     )
 
 

@@ -1,6 +1,8 @@
-"""CIFAR-10 speed run on the CPU: ``fastnet_small`` with the ``fast-cpu`` recipe (airbench94's
-accuracy in about half its time on two Zen 5 cores), one full run per seed; ``--model fastnet
---recipe fast`` runs airbench94's full-size net instead, and ``--versus fastnet:fast`` both.
+"""CIFAR-10 speed run on the CPU: ``fastnet_small`` with the ``fast-cpu`` recipe, one full run per
+seed; ``--model fastnet --recipe fast`` runs airbench94's full-size net instead, and ``--versus
+fastnet:fast`` both. fast-cpu's target is airbench94's accuracy in half its time; measured on two
+Zen 5 cores over 5 seeds it reached 93.78% in 0.465x the wall time of fast's 94.60%
+(``cnnzoo.train.recipes``).
 
 Each run is ``cnnzoo.train.train`` (the one training engine) with the named recipe; the wall
 time is measured around the whole call, so it includes reading the dataset, building the model,
@@ -180,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="TrainConfig fields for the first configuration only (not --versus's), values "
         "as JSON: a candidate recipe against a fixed baseline, e.g. --set epochs=11 "
-        "tta_fraction=0.3 (epochs keeps the warm-up's share, as --epochs does)",
+        "tta_fraction=0.3 (epochs keeps the warm-up's share, as --epochs does, unless "
+        "warmup_epochs is set too)",
     )
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -393,7 +396,8 @@ def run_one(config: Config, seed, out, overrides, measured) -> dict:
     base = recipe_config(recipe, model)
     kwargs = _model_kwargs(base, config.model_kwargs)
     flops = count_flops(create_model(model, **kwargs))  # forward FLOPs per 32×32 image
-    if "epochs" in overrides:  # the warm-up keeps its share of the run (fast: 23%, as airbench94)
+    if "epochs" in overrides and "warmup_epochs" not in overrides:
+        # the warm-up keeps its share of the run (fast: 23%, as airbench94) unless it is given
         share = base.warmup_epochs / base.epochs
         overrides = {**overrides, "warmup_epochs": share * overrides["epochs"]}
     cfg = recipe_config(recipe, model, seed=seed, out=str(out), model_kwargs=kwargs, **overrides)

@@ -105,3 +105,32 @@ def test_heldout_vs_test_pairs_runs_by_seed(tmp_path: Path, capsys: pytest.Captu
     assert "3 pairs: a per-seed difference spreads by 0.50 points held out and 1.00" in out
     assert out.rstrip().endswith("r = 1.00")
     assert mod.main([base]) == 2
+
+
+@pytest.mark.parametrize(
+    "own, warmup",
+    [
+        ({"epochs": 20}, 0.23 * 20),  # the recipe's share of the run: 2.3 of fast-cpu's 10
+        ({"epochs": 11, "warmup_epochs": 2.0}, 2.0),  # given: kept as given
+    ],
+    ids=["share-kept", "given-kept"],
+)
+def test_speedrun_warmup_follows_epochs_unless_given(
+    own: dict, warmup: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _load("speedrun")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def train(cfg: object) -> None:  # the config is all this test needs: no training
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(mod, "train", train)
+    args = mod.build_parser().parse_args(["--set", *(f"{k}={v}" for k, v in own.items())])
+    (config,) = mod.configurations(args)
+    with pytest.raises(Stop):
+        mod.run_one(config, 0, tmp_path, {**mod.shared_overrides(args), **config.own}, 1.0)
+    assert seen[0].epochs == own["epochs"] and seen[0].warmup_epochs == pytest.approx(warmup)

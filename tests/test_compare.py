@@ -12,6 +12,7 @@ import pytest
 from cnnzoo.analysis.compare import (
     Run,
     difference_sentence,
+    group_runs,
     load_run,
     summary_rows,
     write_comparison,
@@ -77,6 +78,40 @@ def test_rerun_reuses_finished_runs(compared: Path, capsys) -> None:
     assert (out / "runs" / "resnet20-s0" / "summary.json").stat().st_mtime_ns == before
 
 
+def test_rerun_with_another_configuration_is_refused(compared: Path, capsys) -> None:
+    """A finished run is reused only for the experiment it ran: other epochs or lr are one error
+    line naming them; runtime options (threads, precision) do not make another experiment."""
+    out = compared
+    before = (out / "runs" / "resnet20-s0" / "summary.json").stat().st_mtime_ns
+    argv = ["compare", "resnet20", "plain20", "--out", str(out), *TINY]
+    code, _, err = run_main([*argv, "--epochs", "3", "--lr", "0.05"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "resnet20-s0 was trained with another configuration" in err
+    assert "epochs 2 there, 3 asked" in err and "lr 0.1 there, 0.05 asked" in err
+    assert "another --out" in err
+    assert (out / "runs" / "resnet20-s0" / "summary.json").stat().st_mtime_ns == before
+    code, _, err = run_main([*argv, "--threads", "2", "--precision", "bf16"], capsys)
+    assert code == 0 and err.count("reusing finished run") == 2
+
+
+def test_same_experiment_check_reads_old_and_defaulted_configs(tmp_path: Path) -> None:
+    from cnnzoo.analysis.compare import check_same_experiment
+    from cnnzoo.train.config import TrainConfig
+    from cnnzoo.train.rundir import RunDir
+
+    stored = {**TrainConfig(model="resnet20", epochs=5).to_dict(), "val": 5000}
+    del stored["cutmix"]  # a run older than a field ran with its default
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    run = RunDir(tmp_path)
+    # val None asks for the default split, whose size config.json holds resolved: not compared
+    check_same_experiment(run, TrainConfig(model="resnet20", epochs=5, device="cpu"))
+    check_same_experiment(run, TrainConfig(model="resnet20", epochs=5, val=5000))
+    with pytest.raises(UserError, match=r"val 5000 there, 0 asked; cutmix 0.0 there, 1.0 asked"):
+        check_same_experiment(run, TrainConfig(model="resnet20", epochs=5, val=0, cutmix=1.0))
+    with pytest.raises(UserError, match="model 'resnet20' there, 'plain20' asked"):
+        check_same_experiment(run, TrainConfig(model="plain20", epochs=5))
+
+
 def test_existing_runs_given_with_runs(compared: Path, tmp_path: Path, capsys) -> None:
     out = compared
     runs = [str(out / "runs" / "plain20-s0"), str(out / "runs" / "resnet20-s0")]
@@ -131,7 +166,20 @@ def test_duplicate_seed_is_an_error(tmp_path: Path) -> None:
     a = _fake_run(tmp_path, "resnet20", 0, 0.9, [0.5])
     with pytest.raises(UserError, match="same seed"):
         write_comparison(tmp_path / "out", [a, a])
+    with pytest.raises(UserError, match="same seed"):  # as group_runs says
+        group_runs([a, a])
     assert summary_rows({"resnet20": [a]})[0]["seeds"] == 1
+
+
+def test_summary_counts_flops_at_the_runs_image_size(tmp_path: Path) -> None:
+    from cnnzoo.models import count_flops, count_params, create_model
+
+    run = _fake_run(tmp_path, "resnet20", 0, 0.9, [0.5])
+    run.config["image_size"] = 64
+    row = summary_rows({"resnet20": [run]})[0]
+    net = create_model("resnet20")
+    assert row["flops"] == count_flops(net, (1, 3, 64, 64)) > 3.9 * count_flops(net)
+    assert row["params"] == count_params(net)
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,12 @@ def test_tiny_study_writes_figure_and_table(tmp_path: Path, capsys) -> None:
         assert len(list(csv.DictReader(f))) == 2
     assert "| plain20 |" in stdout and "| resnet20 |" in stdout
     assert "estimated" in err
+    # the same folder with another budget's settings: refused, not reused as if it were those
+    code, _, err = run_main(["degradation", "--depths", "20", "--out", str(out), *TINY,
+                             "--epochs", "3"], capsys)  # fmt: skip
+    plan, error = err.splitlines()  # the plan, then one error line
+    assert code == 2 and plan.startswith("degradation study:") and error.startswith("error: ")
+    assert "epochs 2 there, 3 asked" in error
 
 
 def test_every_preset_key_is_wired_to_a_flag() -> None:
@@ -108,6 +114,28 @@ def test_paper_budget_is_64k_iterations_with_step_schedule(capsys) -> None:
     assert lr_at(cfg, 48_000, total, 351) == pytest.approx(0.001)
     code, _, err = run_main(["degradation", "--budget", "paper", "--dry-run"], capsys)
     assert code == 0 and "182 epochs" in err and "step schedule" in err
+    # its own default folder: the cpu study's runs in runs/degradation are never reused for it
+    assert err.rstrip().endswith("-> runs/degradation-paper")
+    code, _, err = run_main(["degradation", "--dry-run"], capsys)
+    assert err.rstrip().endswith("-> runs/degradation")
+
+
+def test_he2015_recipe_is_the_papers_64k_iterations() -> None:
+    """The paper's 64k iterations at batch 128 on the 45k images its 5k validation split leaves
+    (the recipe keeps the trainer's default hold-out of 10%), drops at 32k and 48k; the paper
+    budget of the study runs the same schedule."""
+    from cnnzoo.train.recipes import RECIPES, recipe_config
+
+    cfg = recipe_config("he2015", "resnet20")
+    n_val = cfg.val if cfg.val is not None else 50_000 // 10
+    iterations = cfg.epochs * ((50_000 - n_val) // cfg.batch_size)
+    assert abs(iterations - 64_000) < 500
+    per_epoch = iterations / cfg.epochs
+    assert lr_at(cfg, 31_900, iterations, per_epoch) == pytest.approx(0.1)  # drops by 32k...
+    assert lr_at(cfg, 32_000, iterations, per_epoch) == pytest.approx(0.01)
+    assert lr_at(cfg, 48_000, iterations, per_epoch) == pytest.approx(0.001)  # ... and by 48k
+    assert dg.PRESETS["paper"]["epochs"] == RECIPES["he2015"]["epochs"]
+    assert dg.PRESETS["paper"]["val"] == n_val
 
 
 def test_depth_without_a_model_is_a_user_error(capsys) -> None:

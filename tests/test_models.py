@@ -10,6 +10,7 @@ from torch import nn
 import cnnzoo
 from cnnzoo import count_flops, count_params, create_model, list_models, model_info
 from cnnzoo.models.inception import InceptionModule
+from helpers import run_main
 
 ALL = list_models()
 
@@ -234,3 +235,16 @@ def test_zero_init_residual_is_off_by_default() -> None:
     assert all(m.weight.eq(1).all() for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     model = create_model("resnet20", zero_init_residual=True)
     assert model.stages[0][0].bn2.weight.eq(0).all()
+
+
+@pytest.mark.parametrize("name", ["plain20", "plain18"])
+def test_zero_init_residual_refuses_a_plain_net(name: str, capsys) -> None:
+    """A plain block has no shortcut: a zeroed last BN scale would make the network a constant
+    (ReLU(0) = 0 after every block) that trains silently to chance."""
+    with pytest.raises(ValueError, match="zero_init_residual needs skip connections"):
+        create_model(name, zero_init_residual=True)
+    create_model(name, zero_init_residual=False)  # the default stays buildable
+    argv = ["train", name, "--model-kwargs", '{"zero_init_residual": true}', "--data", "synthetic"]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and err.startswith("error: --model-kwargs: zero_init_residual needs")
+    assert err.count("\n") == 1

@@ -9,17 +9,22 @@ draws: the differences left are the architecture's (and the weight initialisatio
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import math
-import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnzoo.errors import UserError
+from cnnzoo.models.registry import split_depth
 from cnnzoo.train.rundir import RunDir, write_json, write_text_atomic
+
+if TYPE_CHECKING:
+    from cnnzoo.train.config import TrainConfig
 
 CURVES = (
     ("train_loss", "training loss", "cross-entropy loss"),
@@ -72,35 +77,81 @@ def train_runs(
     log: Callable[[str], None] = print,
 ) -> list[Run]:
     """Train every (model, seed) into ``out/runs/<model>-s<seed>``; finished runs are reused, so
-    an interrupted comparison continues where it stopped (an unfinished one is resumed)."""
+    an interrupted comparison continues where it stopped (an unfinished one is resumed). A run
+    found there with another configuration is a ``UserError`` (``check_same_experiment``)."""
     from cnnzoo.train import train
 
     runs = []
     for seed in seeds:
         for model in models:
             run_dir = out / "runs" / f"{model}-s{seed}"
-            found = RunDir(run_dir)
+            found, cfg = RunDir(run_dir), make_config(model, seed, run_dir)
+            if found.is_finished() or found.has_checkpoint():
+                # a resumed run keeps its saved config too: either must be the one asked for
+                check_same_experiment(found, cfg)
             if found.is_finished():
                 log(f"reusing finished run {run_dir}")
             elif found.has_checkpoint():
                 log(f"resuming {run_dir}")
-                train(make_config(model, seed, run_dir), resume=run_dir)
+                train(cfg, resume=run_dir)
             else:
                 if run_dir.exists():
                     # a run of this comparison's that died before its first checkpoint: start it
                     # again from nothing (its folders too, such as tensorboard/)
                     shutil.rmtree(run_dir)
-                train(make_config(model, seed, run_dir))
+                train(cfg)
             runs.append(load_run(run_dir))
     return runs
 
 
+# TrainConfig option groups (``cnnzoo.train.config.opt``) that define what a run computes; the
+# others (runtime: device, precision, threads...; run: checkpointing, logging) say only how or
+# where it ran, so a finished run is reused across them.
+EXPERIMENT_GROUPS = ("data", "optimisation")
+
+
+def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """The fields of ``cfg`` that define its experiment (model, model_kwargs, every data and
+    optimisation option), as config.json stores them (JSON values: tuples become lists)."""
+    names = ["model", "model_kwargs"] + [
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.metadata.get("cli", {}).get("group") in EXPERIMENT_GROUPS
+    ]
+    return {name: json.loads(json.dumps(getattr(cfg, name))) for name in names}
+
+
+def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
+    """``UserError`` naming every field where the run in ``found`` differs from ``cfg`` (the
+    configuration asked for now): reusing it would report another experiment's numbers."""
+    stored, defaults = found.requested_config(), experiment_fields(type(cfg)())
+    diffs = []
+    for name, want in experiment_fields(cfg).items():
+        # a config.json older than its "requested" part holds the validation images actually
+        # held out: the default (None, 10% of whatever the data holds) cannot be compared
+        if name == "val" and want is None:
+            continue
+        # a run older than a field ran with its default
+        have = stored.get(name, defaults[name])
+        if have != want:
+            diffs.append(f"{name} {have!r} there, {want!r} asked")
+    if diffs:
+        raise UserError(
+            f"{found.path} was trained with another configuration ({'; '.join(diffs)}); "
+            "give another --out, or remove that run to train it again"
+        )
+
+
 def group_runs(runs: Iterable[Run]) -> dict[str, list[Run]]:
-    """Runs by model name, in first-seen order (a model trained twice with one seed is an
-    error: its numbers would be counted as two seeds)."""
+    """Runs by model name, in first-seen order. A model given twice with one seed is a
+    ``UserError``: its numbers would be counted as two seeds."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.model, []).append(run)
+    for model, rs in groups.items():
+        seeds = [r.seed for r in rs]
+        if len(set(seeds)) != len(seeds):
+            raise UserError(f"{model} appears twice with the same seed; give each run once")
     return groups
 
 
@@ -115,9 +166,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summary_rows(groups: dict[str, list[Run]]) -> list[dict[str, Any]]:
-    """One row per model: params and FLOPs of the architecture, accuracies as mean and sample
-    std over seeds, training time and throughput as means."""
-    from cnnzoo.models import count_flops, create_model
+    """One row per model: params and FLOPs of the architecture (FLOPs at the run's image size),
+    accuracies as mean and sample std over seeds, training time and throughput as means."""
+    from cnnzoo.models import count_flops, count_params, create_model
 
     rows = []
     for model, runs in groups.items():
@@ -125,14 +176,15 @@ def summary_rows(groups: dict[str, list[Run]]) -> list[dict[str, Any]]:
         # recorded by the trainer; older runs: from the dataset name (not for generated data)
         num_classes = cfg.get("num_classes") or (100 if cfg.get("dataset") == "cifar100" else 10)
         net = create_model(model, num_classes=num_classes, **cfg.get("model_kwargs", {}))
+        side = cfg.get("image_size", 32)  # runs older than --image-size trained on CIFAR's 32
         val_m, val_s = _mean_std([r.summary.get("best_val_acc") for r in runs])
         test_m, test_s = _mean_std([r.summary.get("test_acc") for r in runs])
         rows.append(
             {
                 "model": model,
                 "seeds": len(runs),
-                "params": sum(p.numel() for p in net.parameters()),
-                "flops": count_flops(net),
+                "params": count_params(net),
+                "flops": count_flops(net, (1, 3, side, side)),
                 "best_val_acc": val_m,
                 "best_val_acc_std": val_s,
                 "test_acc": test_m,
@@ -145,19 +197,14 @@ def summary_rows(groups: dict[str, list[Run]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _depth(name: str) -> str | None:
-    m = re.search(r"(\d+)$", name)
-    return m.group(1) if m else None
-
-
 def difference_sentence(rows: list[dict[str, Any]]) -> str:
     """The first model minus the second, in words. A resnetN/plainN pair differs only in its
     skip connections, and is named so (as resnet minus plain, whichever came first)."""
     if len(rows) < 2:
         return ""
     a, b = rows[0], rows[1]
-    pair = {a["model"].rstrip("0123456789"), b["model"].rstrip("0123456789")}
-    if pair == {"resnet", "plain"} and _depth(a["model"]) == _depth(b["model"]):
+    (stem_a, depth_a), (stem_b, depth_b) = split_depth(a["model"]), split_depth(b["model"])
+    if {stem_a, stem_b} == {"resnet", "plain"} and depth_a == depth_b:
         if a["model"].startswith("plain"):
             a, b = b, a
         label = "skip connections"
@@ -255,10 +302,6 @@ def plot_curves(groups: dict[str, list[Run]], path: str | Path, title: str = "")
 def write_comparison(out: Path, runs: list[Run]) -> dict[str, Any]:
     """Every artifact of a comparison; returns {"rows", "sentence", "files"}."""
     groups = group_runs(runs)
-    for model, rs in groups.items():
-        seeds = [r.seed for r in rs]
-        if len(set(seeds)) != len(seeds):
-            raise UserError(f"{model} appears twice with the same seed; give each run once")
     rows = summary_rows(groups)
     sentence = difference_sentence(rows)
     files = write_summary(out, rows, sentence)

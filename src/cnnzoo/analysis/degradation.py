@@ -16,9 +16,10 @@ Presets (``--budget``):
   measured: 71 minutes. With it, deeper plain nets ended with a higher training error at every
   step in depth, and resnet56 with a lower one than resnet20 (not monotone in between:
   docs/results/README.md §2).
-* ``paper``: the paper's schedule on a GPU: 45k/5k train/val split, batch 128, 182 epochs of 351
-  steps = 63,882 iterations (the paper's 64k), lr 0.1 divided by 10 at 50% and 75% of training
-  (32k and 48k iterations; ``--schedule step``), momentum 0.9, weight decay 1e-4.
+* ``paper``: the paper's schedule on a GPU, that of the ``he2015`` recipe
+  (``cnnzoo.train.recipes``): 45k/5k train/val split, batch 128, 182 epochs of 351 steps =
+  63,882 iterations (the paper's 64k), lr 0.1 divided by 10 at 50% and 75% of training (32k and
+  48k iterations; ``--schedule step``), momentum 0.9, weight decay 1e-4.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnzoo.analysis.compare import Run, load_run, train_runs
+from cnnzoo.analysis.compare import Run, train_runs
+from cnnzoo.models.registry import split_depth
+from cnnzoo.train.recipes import RECIPES
 from cnnzoo.train.rundir import write_json, write_text_atomic
 
 DEFAULT_DEPTHS = (20, 32, 44, 56)
@@ -58,13 +61,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "paper": {
         "subset": None,
-        "val": 5_000,
-        "epochs": 182,
-        "schedule": "step",
-        "warmup_epochs": 0.0,
-        "lr": 0.1,
-        "weight_decay": 1e-4,
-        "batch_size": 128,
+        "val": 5_000,  # the recipe's default 10% of CIFAR-10's 50,000, said explicitly
+        # the schedule is the he2015 recipe's, so the two cannot drift apart
+        **{
+            k: RECIPES["he2015"][k]
+            for k in ("epochs", "schedule", "warmup_epochs", "lr", "weight_decay", "batch_size")
+        },
         "zero_init_residual": False,  # the paper's init
     },
 }
@@ -112,18 +114,13 @@ def run_study(
     return train_runs(model_names(depths), [seed], out, make_config, log)
 
 
-def _family_depth(model: str) -> tuple[str, int]:
-    fam = model.rstrip("0123456789")
-    return fam, int(model[len(fam) :])
-
-
 def error_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """Final errors (%) per run: training error of the last epoch (running average over the
     epoch, augmented images, as the paper's thin curves), validation error of the last epoch,
     test error of the final weights (the paper's) and of best.pt."""
     rows = []
     for run in runs:
-        fam, depth = _family_depth(run.model)
+        fam, depth = split_depth(run.model)
         last = run.history[-1]
         val = last.get("val_acc")
         rows.append(
@@ -191,11 +188,11 @@ def plot_study(runs: list[Run], path: str | Path, title: str = "") -> list[Path]
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
-    depths = sorted({_family_depth(r.model)[1] for r in runs})
+    depths = sorted({split_depth(r.model)[1] for r in runs})
     colors = {d: f"C{i % 10}" for i, d in enumerate(depths)}
     for ax, fam in zip(axes, FAMILIES, strict=True):
-        for run in sorted(runs, key=lambda r: _family_depth(r.model)[1]):
-            f, d = _family_depth(run.model)
+        for run in sorted(runs, key=lambda r: split_depth(r.model)[1]):
+            f, d = split_depth(run.model)
             if f != fam:
                 continue
             ep = [row["epoch"] for row in run.history]
@@ -251,7 +248,3 @@ def _finite(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
         for r in rows
     ]
-
-
-def load_study(out: Path, depths: list[int], seed: int) -> list[Run]:
-    return [load_run(out / "runs" / f"{m}-s{seed}") for m in model_names(depths)]

@@ -1,9 +1,6 @@
-"""Per-layer gradient norms of every conv weight, ordered by depth.
-
-The reference notebook reads ``param.grad.norm()`` for every parameter whose name holds "conv",
-at initialisation only. Here: every ``nn.Conv2d`` weight in forward order (shortcut projections
-included, named as such), from one training-mode batch, on a copy of the model so that neither
-the model's BatchNorm statistics nor the global RNG are touched.
+"""The gradient-flow experiments of ``cnnzoo gradflow``: several models at initialisation, the
+norms a run recorded per epoch, the depth sweep, their plain-language account and figures. The
+measurement itself (per-layer conv gradient norms) is ``cnnzoo.models.gradnorms``'s.
 """
 
 from __future__ import annotations
@@ -155,7 +152,9 @@ def describe(results: dict[str, dict[str, object]], when: str = "at initialisati
     return "\n".join(lines)
 
 
-def plot_bars(name: str, layers: list[str], norms: list[float], path: str | Path, title: str = ""):
+def plot_bars(
+    name: str, layers: list[str], norms: list[float], path: str | Path, title: str = ""
+) -> list[Path]:
     """One bar per conv layer, input side on the left, log-scale norm."""
     from cnnzoo.analysis.plots import pyplot, save_figure
 
@@ -173,7 +172,9 @@ def plot_bars(name: str, layers: list[str], norms: list[float], path: str | Path
     return save_figure(fig, path)
 
 
-def plot_overlay(results: dict[str, dict[str, object]], path: str | Path, title: str = ""):
+def plot_overlay(
+    results: dict[str, dict[str, object]], path: str | Path, title: str = ""
+) -> list[Path]:
     """Norm vs relative depth, all models on one log-scale axis (depths differ, so the x-axis is
     the layer's position as a fraction of the network's conv layers)."""
     from cnnzoo.analysis.plots import pyplot, save_figure
@@ -192,7 +193,7 @@ def plot_overlay(results: dict[str, dict[str, object]], path: str | Path, title:
     return save_figure(fig, path)
 
 
-def plot_run_epochs(model: str, rows: list[dict[str, object]], path: str | Path):
+def plot_run_epochs(model: str, rows: list[dict[str, object]], path: str | Path) -> list[Path]:
     """Norm vs depth for each recorded epoch of one run (epoch 0 = initialisation)."""
     from cnnzoo.analysis.plots import pyplot, save_figure
 

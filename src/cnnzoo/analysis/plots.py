@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib.pyplot on the non-interactive Agg backend (works without a display)."""
     import matplotlib
 

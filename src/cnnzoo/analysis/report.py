@@ -60,7 +60,7 @@ SUMMARY_KEYS = (
 
 @dataclass
 class Block:
-    """One piece of the report: kind is h1/h2/h3, text, markdown, table or figure."""
+    """One piece of the report: kind is h1/h2/h3, text, markdown, code, table or figure."""
 
     kind: str
     text: str = ""

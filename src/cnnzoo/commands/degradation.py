@@ -3,7 +3,8 @@
 He et al. 2015, Figure 6: plain-d and resnet-d trained with one recipe; writes degradation.png
 (training and held-out error per epoch, plain left, residual right) and summary.md/.csv/.json.
 Finished runs in ``--out/runs`` are reused and unfinished ones resumed, so the study can be
-stopped and continued. Preset values apply unless the flag is given explicitly.
+stopped and continued (a run there of another configuration is an error); each budget has its own
+default ``--out``. Preset values apply unless the flag is given explicitly.
 """
 
 from __future__ import annotations
@@ -25,22 +26,33 @@ PRESET_KEYS = (
     "batch_size",
     "zero_init_residual",
 )
+DEFAULT_BUDGET = "cpu"
+
+
+def default_out(budget: str) -> str:
+    """One folder per budget, so that the runs of one are never taken for another's."""
+    return "runs/degradation" if budget == DEFAULT_BUDGET else f"runs/degradation-{budget}"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cnnzoo.analysis.degradation import DEFAULT_DEPTHS, PRESETS
     from cnnzoo.commands.train import add_train_options
     from cnnzoo.train.recipes import defer_defaults
 
     p = sub.add_parser("degradation", help="He et al. Figure 6: plain vs residual, by depth")
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56])
+    p.add_argument("--depths", type=int, nargs="+", default=list(DEFAULT_DEPTHS))
     p.add_argument(
         "--budget",
-        choices=("cpu", "paper"),
-        default="cpu",
+        choices=tuple(PRESETS),
+        default=DEFAULT_BUDGET,
         help="cpu: 10k images, 12 epochs, 71 min measured on 2 CPU cores (default); paper: the "
         "paper's 64k iterations, lr 0.1 /10 at 32k and 48k (for a GPU)",
     )
-    p.add_argument("--out", default="runs/degradation", help="output folder")
+    p.add_argument(
+        "--out",
+        help=f"output folder (default: {default_out(DEFAULT_BUDGET)}, or "
+        f"{default_out('BUDGET')} for another --budget)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and time estimate only")
     p.add_argument(
         "--zero-init-residual",
@@ -57,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnzoo.analysis import degradation as dg
     from cnnzoo.commands.train import seeded_config_factory
     from cnnzoo.errors import UserError
-    from cnnzoo.models import model_info
+    from cnnzoo.models import model_info, split_depth
     from cnnzoo.train.recipes import resolve_presets
     from cnnzoo.train.runtime import is_main_process
 
@@ -67,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     for name in dg.model_names(depths):
         model_info(name)  # e.g. depth 50 has no 6n+2 CIFAR net: fail before training
     resolve_presets(args, dg.PRESETS[args.budget])
-    out = Path(args.out)
+    out = Path(args.out or default_out(args.budget))
     est = dg.estimate_seconds(depths, args.epochs, args.subset, args.val)
     plan = (
         f"degradation study: {', '.join(dg.model_names(depths))}; {args.epochs} epochs, "
@@ -85,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
 
     def make_config(model: str, seed: int, run_dir: Path):
         cfg = base_config(model, seed, run_dir)
-        if args.zero_init_residual and model.startswith("resnet"):
-            # plain twins keep the standard init: a zeroed BN scale would cut their signal
+        if args.zero_init_residual and split_depth(model)[0] == "resnet":
+            # the study's switch is for the ResNets' branches: a plain twin has none (ResNet
+            # refuses it there), so it keeps the standard init and the pair stays comparable
             cfg.model_kwargs = {**cfg.model_kwargs, "zero_init_residual": True}
         return cfg
 

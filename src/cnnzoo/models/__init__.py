@@ -7,6 +7,7 @@ from cnnzoo.models.registry import (
     list_models,
     model_info,
     register_model,
+    split_depth,
 )
 from cnnzoo.models.summary import LayerRow, ModelSummary, count_flops, count_params, summarize
 
@@ -20,5 +21,6 @@ __all__ = [
     "list_models",
     "model_info",
     "register_model",
+    "split_depth",
     "summarize",
 ]

@@ -1,4 +1,5 @@
-"""The model registry: ``@register_model``, ``create_model``, ``list_models``, ``model_info``.
+"""The model registry: ``@register_model``, ``create_model``, ``list_models``, ``model_info``,
+``split_depth``.
 
 Builders are plain functions ``builder(*, num_classes: int, **kwargs) -> nn.Module``.
 Registering is a decorator so that importing ``cnnzoo.models`` fills the registry and
@@ -123,6 +124,14 @@ def _check_kwargs(info: ModelInfo, kwargs: dict[str, object]) -> None:
             f"{info.name} takes no keyword argument(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(takes) or 'none'}"
         )
+
+
+def split_depth(name: str) -> tuple[str, int | None]:
+    """A model name as (stem, trailing depth): ``"plain20"`` -> ``("plain", 20)``,
+    ``"fastnet_small"`` -> ``("fastnet_small", None)``. A resnetN and its plain twin plainN
+    share the depth and differ in the stem, which is how the experiments pair them."""
+    stem = name.rstrip("0123456789")
+    return stem, int(name[len(stem) :]) if len(stem) < len(name) else None
 
 
 def _natural_key(name: str) -> tuple:

@@ -124,6 +124,12 @@ class ResNet(nn.Module):
         super().__init__()
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        if zero_init_residual and not skip:
+            # without the shortcut a zeroed last BN makes every block output ReLU(0) = 0: a
+            # constant network that no gradient reaches
+            raise ValueError(
+                "zero_init_residual needs skip connections; a plain net has no residual branch"
+            )
         self.skip, self.shortcut_kind = skip, shortcut
         self.in_ch = widths[0]
         self.stem = nn.Sequential(

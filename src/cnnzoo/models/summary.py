@@ -21,6 +21,8 @@ CIFAR_INPUT = (1, 3, 32, 32)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Parameter elements of ``model`` (each shared tensor once); ``trainable_only``: only
+    those with ``requires_grad``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

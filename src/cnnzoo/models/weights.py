@@ -45,11 +45,6 @@ def manifest() -> dict[str, dict[str, dict[str, str]]]:
         return {}
 
 
-def pretrained_tags(name: str) -> list[str]:
-    """The tags of the shipped weights for ``name`` (e.g. ``["cifar10"]``), maybe none."""
-    return sorted(manifest().get(name, {}))
-
-
 def save_weights(
     state: dict[str, torch.Tensor],
     path: str | os.PathLike,

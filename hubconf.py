@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 dependencies = ["torch", "safetensors"]
 
-try:
-    import cnnzoo
-except ImportError:  # a plain checkout: import the package from its source folder
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-    import cnnzoo
+# This checkout's package, before any other installed version: the models and weights loaded
+# are those of the folder torch.hub was pointed at.
+_SRC = Path(__file__).resolve().parent / "src"
+if (_SRC / "cnnzoo").is_dir():
+    sys.path.insert(0, str(_SRC))
+import cnnzoo  # noqa: E402
 
 
 def _entry(name: str):
-    def load(pretrained: bool = False, **kwargs):
+    def load(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return cnnzoo.create_model(name, pretrained=pretrained, **kwargs)
 
     load.__name__ = name

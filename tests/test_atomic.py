@@ -103,3 +103,30 @@ def test_eval_writes_its_table_atomically_and_reports_failures(
     assert f"cannot write {out / 'eval' / 'confusion.png'}" in assert_one_error_line(err)
     rows = table.read_text().splitlines()
     assert rows[0].startswith("true\\predicted,") and len(rows) == 11  # the new table, whole
+
+
+def test_a_figure_that_fails_half_written_keeps_the_old_one(tmp_path):
+    """save_figure writes through a temp file: a savefig that dies mid-file leaves the previous
+    PNG byte for byte, no temp file, and the figure closed."""
+    from cnnzoo.analysis.plots import pyplot, save_figure
+
+    plt = pyplot()
+    old = tmp_path / "fig.png"
+    old.write_bytes(b"the previous figure")
+    fig, _ = plt.subplots()
+
+    def dies_half_way(f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    fig.savefig = dies_half_way
+    with pytest.raises(OSError):
+        save_figure(fig, old)
+    assert old.read_bytes() == b"the previous figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]
+    assert not plt.fignum_exists(fig.number)
+    fig2, ax = plt.subplots()
+    ax.plot([0, 1])
+    assert save_figure(fig2, old) == [old, tmp_path / "fig.svg"]
+    assert old.read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "fig.svg").read_text().lstrip().startswith("<?xml")

@@ -123,19 +123,6 @@ def test_cli_output_folder_missing(ckpt, tmp_path, capsys):
     assert "no such folder" in assert_one_error_line(err)
 
 
-def test_cli_output_folder_not_writable(ckpt, tmp_path, capsys, monkeypatch):
-    """A folder that refuses new files (as a read-only one would, for anyone but root)."""
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr("cnnzoo.atomic.tempfile.mkstemp", refuse)
-    code, _, err = run_main(["export", str(ckpt), "-o", str(tmp_path / "m.onnx")], capsys)
-    assert code == 2
-    assert assert_one_error_line(err) == f"error: cannot write to {tmp_path}: Permission denied"
-    assert not list(tmp_path.iterdir())
-
-
 def test_a_nan_on_real_images_fails_the_check(ckpt, tmp_path, monkeypatch):
     """max(random_diff, nan) is random_diff: a NaN on the real images once passed the check."""
     import cnnzoo.inference.export as export

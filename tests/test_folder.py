@@ -258,3 +258,41 @@ def test_a_run_at_another_image_size_exports_at_that_size(run24, tmp_path, capsy
     assert "on 24 images (f test split)" in text  # the folder's own test images were checked
     dims = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:]] == [3, 24, 24]
+
+
+def test_eval_on_a_folder_with_other_class_names_is_refused(run24, tmp_path, capsys) -> None:
+    """Three classes again, but not the trained ones: the labels would be scored against
+    other classes (cherry's images as 'apple'), so eval refuses instead of a wrong number."""
+    import shutil
+
+    root, out = run24
+    other = tmp_path / "other"
+    for split in ("train", "test"):
+        for c, renamed in zip(CLASSES, ("plum", "apple", "banana"), strict=True):
+            shutil.copytree(root / split / c, other / split / renamed)
+    code, _, err = run_main(["eval", str(out / "best.pt"), "--data", str(other)], capsys)
+    assert code == 2
+    line = assert_one_error_line(err)
+    assert "classes (apple, banana, cherry) are not the data's (apple, banana, plum)" in line
+    code, text, err = run_main(["eval", str(out / "best.pt"), "--data", str(root)], capsys)
+    assert code == 0 and "(24 images)" in text, err
+
+
+def test_eval_says_when_a_class_has_no_test_images(run24, tmp_path, capsys) -> None:
+    """A held-out test split of a lopsided folder (40/2/2 images) leaves the small classes no
+    test image: their accuracy is unknown, not 0."""
+    _, out = run24
+    root = make_folder(tmp_path / "lopsided", per_class=40)
+    for c in ("banana", "cherry"):
+        for f in sorted((root / "train" / c).iterdir())[2:]:
+            f.unlink()
+    code, text, err = run_main(["eval", str(out / "best.pt"), "--data", str(root)], capsys)
+    assert code == 0, err
+    rows = dict(ln.split(maxsplit=1) for ln in text.splitlines()[1:])
+    assert rows["banana"] == rows["cherry"] == "no test images"
+    assert float(rows["apple"]) >= 0
+    code, text, err = run_main(
+        ["eval", str(out / "best.pt"), "--data", str(root), "--format", "json"], capsys
+    )
+    per_class = json.loads(text)["per_class"]
+    assert per_class["banana"] is None and per_class["cherry"] is None

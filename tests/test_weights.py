@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,7 @@ def test_torch_hub_loads_from_a_checkout(tmp_path) -> None:
         "import torch, sys\n"
         "m = torch.hub.load(sys.argv[1], 'resnet20', source='local', pretrained=True)\n"
         "print(type(m).__name__, m.pretrained_cfg['recipe'])\n"
+        "print(sys.modules['cnnzoo'].__file__)\n"
     )
     env = cnnzoo_env({"TORCH_HOME": str(tmp_path)})
     env.pop("PYTHONPATH")  # hubconf.py itself must find the package (installed or in src/)
@@ -141,6 +143,8 @@ def test_torch_hub_loads_from_a_checkout(tmp_path) -> None:
     )
     assert got.returncode == 0, got.stderr
     assert got.stdout.splitlines()[0].startswith("ResNet ")
+    # the checkout's own package, whatever else is installed
+    assert Path(got.stdout.splitlines()[1]).resolve().is_relative_to(ROOT / "src")
 
 
 def test_weights_are_package_data() -> None:
@@ -217,15 +221,19 @@ def test_a_failed_safetensors_write_is_exit_1_and_keeps_the_old_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
 
-def test_safetensors_into_an_unwritable_folder_is_bad_input(ckpt, tmp_path, monkeypatch, capsys):
-    """As for ONNX: a folder that refuses new files is the user's to fix (exit code 2), found
-    before anything is written; only a write that fails later is exit code 1."""
+@pytest.mark.parametrize("suffix", [".safetensors", ".onnx"])
+def test_export_into_an_unwritable_folder_is_bad_input(suffix, ckpt, tmp_path, monkeypatch, capsys):
+    """A folder that refuses new files (as a read-only one would, for anyone but root) is the
+    user's to fix (exit code 2), found before anything is written, for both formats; only a
+    write that fails later is exit code 1."""
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("cnnzoo.atomic.tempfile.mkstemp", refuse)
-    code, _, err = run_main(["export", str(ckpt), "-o", str(tmp_path / "w.safetensors")], capsys)
+    code, _, err = run_main(["export", str(ckpt), "-o", str(tmp_path / f"w{suffix}")], capsys)
     assert code == 2
     assert assert_one_error_line(err) == f"error: cannot write to {tmp_path}: Permission denied"
     assert not list(tmp_path.iterdir())

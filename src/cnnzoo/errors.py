@@ -4,6 +4,14 @@
 from __future__ import annotations
 
 
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception as a short single line for an ``error:`` message: its text with every run
+    of whitespace (a crafted file can put newlines in names) made one space, cut at ``limit``
+    characters, or its type's name when it has no text."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class UserError(Exception):
     """Bad input from the user: a wrong name, a bad value, missing data.
 

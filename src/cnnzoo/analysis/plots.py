@@ -6,6 +6,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from cnnzoo.atomic import atomic_open
+
 
 def pyplot() -> ModuleType:
     """matplotlib.pyplot on the non-interactive Agg backend (works without a display)."""
@@ -18,16 +20,20 @@ def pyplot() -> ModuleType:
 
 
 def save_figure(fig: Any, path: str | Path, svg: bool = True) -> list[Path]:
-    """Save ``fig`` as PNG at ``path`` and, with ``svg``, beside it as SVG; close it."""
+    """Save ``fig`` as PNG at ``path`` and, with ``svg``, beside it as SVG, each through a temp
+    file and a rename (a crash or a full disk never leaves a torn figure over the last one);
+    close it either way."""
     plt = pyplot()
     path = Path(path).with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    out = [path]
-    if svg:
-        fig.savefig(path.with_suffix(".svg"), bbox_inches="tight")
-        out.append(path.with_suffix(".svg"))
-    plt.close(fig)
+    out = [path, path.with_suffix(".svg")] if svg else [path]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for file in out:
+            with atomic_open(file, "wb") as f:
+                extra = {"dpi": 120} if file.suffix == ".png" else {}
+                fig.savefig(f, format=file.suffix[1:], bbox_inches="tight", **extra)
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -97,6 +97,13 @@ def evaluate_checkpoint(
         raise UserError(
             f"the checkpoint has {ckpt['num_classes']} classes, the data {ds.num_classes}"
         )
+    trained = [str(c) for c in ckpt.get("classes") or []]
+    if trained and trained != [str(c) for c in ds.classes]:
+        # same count, other names or order: every label would be scored against another class
+        raise UserError(
+            f"the checkpoint's classes ({', '.join(trained)}) are not the data's "
+            f"({', '.join(map(str, ds.classes))})"
+        )
     dev = resolve_device(device)
     asked = cfg.get("precision", "auto")  # as the run evaluated (fp16 needs CUDA: else auto)
     precision = resolve_precision("auto" if asked == "fp16" and dev.type != "cuda" else asked, dev)
@@ -110,7 +117,11 @@ def evaluate_checkpoint(
         tta,
     )
     conf = res.confusion
-    per_class = (conf.diag().double() / conf.sum(1).clamp(min=1).double()).tolist()
+    # None for a class with no test images (a small class of a held-out split): not 0% right
+    per_class = [
+        hits / total if total else None
+        for hits, total in zip(conf.diag().tolist(), conf.sum(1).tolist(), strict=True)
+    ]
     return {
         "checkpoint": None if isinstance(checkpoint, dict) else str(checkpoint),  # caller names it
         "model": ckpt["model_name"],
@@ -207,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             f"accuracy {result['accuracy']:.4f} ({views})"
         )
         for name, acc in result["per_class"].items():
-            print(f"  {name:<12} {acc:.4f}")
+            print(f"  {name:<12} {'no test images' if acc is None else f'{acc:.4f}'}")
         if written:
             print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0

@@ -36,13 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnzoo.errors import UserError
-    from cnnzoo.inference.predict import Predictor, predict_files
+    from cnnzoo.inference.predict import Predictor, check_options, predict_files
 
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_options(args.top_k, args.batch_size)  # before the model is loaded
     source = args.checkpoint
     if args.pretrained:
         from cnnzoo.inference.weights import pretrained_checkpoint

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cnnzoo.atomic import atomic_open
-from cnnzoo.errors import UserError, WriteFailed
+from cnnzoo.errors import UserError, WriteFailed, one_line
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -127,10 +127,9 @@ _READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError,
 
 def _one_line(err: BaseException) -> str:
     """tarfile's "could not be opened" error lists every method tried, one per line."""
-    text = str(err).strip()
-    if isinstance(err, tarfile.ReadError) and "opened successfully" in text:
+    if isinstance(err, tarfile.ReadError) and "opened successfully" in str(err):
         return "not a tar archive (plain, gzip, bz2 or xz)"
-    return text.splitlines()[0] if text else type(err).__name__
+    return one_line(err)
 
 
 def safe_extract(path: Path, dest: Path) -> None:

@@ -28,6 +28,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from cnnzoo.atomic import atomic_open
+from cnnzoo.errors import one_line
 
 try:  # POSIX; elsewhere no lock: the rename alone still leaves one whole file, built twice
     import fcntl
@@ -97,7 +98,7 @@ def read(path: Path, key: str) -> tuple[Arrays, dict[str, Any]]:
             # the arrays must not crash that run (SIGBUS); CIFAR-10 copies in about 0.15 s
             arrays = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CacheError(f"unreadable: {_first_line(err)}") from None
+        raise CacheError(f"unreadable: {one_line(err)}") from None
     if header.get("format") != FORMAT or header.get("version") != str(VERSION):
         raise CacheError(f"not a version-{VERSION} {FORMAT} file")
     if header.get("key") != key:
@@ -154,11 +155,6 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 def _flock(f: IO) -> None:
     if fcntl is not None:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _warn(message: str, quiet: bool) -> None:

@@ -27,7 +27,7 @@ from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.folder import is_image_folder, layout_hint, load_image_folder
 from cnnzoo.data.images import SIZE
 from cnnzoo.data.synthetic import DEFAULT_TRAIN_IMAGES, make_synthetic
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, one_line
 
 
 @dataclass(frozen=True)
@@ -255,19 +255,13 @@ def _read_file(path: Path) -> bytes:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def _reason(err: BaseException) -> str:
-    """An exception as a short single line (a crafted file can put newlines in names)."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
 def _unpickle(blob: bytes, where: str) -> dict:
     try:
         # Python-2 pickles of numpy arrays; safe_pickle resolves no global but numpy's array
         # constructors, so a crafted file cannot run code.
         d = safe_pickle.loads(blob)
     except Exception as err:  # a damaged pickle fails in many ways (ValueError, EOFError, ...)
-        raise UserError(f"corrupt batch file {where}: {_reason(err)}") from None
+        raise UserError(f"corrupt batch file {where}: {one_line(err)}") from None
     if not isinstance(d, dict):
         raise UserError(f"{where} holds a {type(d).__name__}, not a dict of arrays")
     # Python-3 copies may key by bytes (b"data"); the official Python-2 files by str

@@ -197,7 +197,8 @@ def _hold_out_test(
     root: Path, x: Tensor, y: Tensor, quiet: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train_x, train_y, test_x, test_y): a stratified TEST_PERCENT of train/ as the test set,
-    at least one image per class."""
+    at least as many images as classes (``stratified_split``'s shares: a class far smaller than
+    the others may have none there)."""
     n, n_classes = y.numel(), int(y.unique().numel())
     n_test = max(n_classes, n * TEST_PERCENT // 100)
     if n < 2 * n_classes:

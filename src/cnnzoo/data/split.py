@@ -9,8 +9,9 @@ from torch import Tensor
 def stratified_split(labels: Tensor, n_val: int, seed: int) -> tuple[Tensor, Tensor]:
     """Indices (train, val) with ``n_val`` validation items spread evenly over classes.
 
-    Each class gives ``round(n_val * class_share)`` items (the remainder goes to the largest
-    classes), chosen by a seeded permutation, so the split is the same for the same seed.
+    Each class gives ``floor(n_val * class_share)`` items and what flooring leaves over goes one
+    each to the largest classes (so a class far smaller than the others may give none), chosen by
+    a seeded permutation, so the split is the same for the same seed.
     """
     n = labels.numel()
     if not 0 <= n_val < n:

@@ -96,16 +96,22 @@ def _chunks(items: Sequence[str], n: int) -> Iterator[Sequence[str]]:
         yield items[i : i + n]
 
 
+def check_options(top_k: int, batch_size: int) -> None:
+    """``UserError`` for a ``--top-k`` or ``--batch-size`` below 1."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def predict_files(
     predictor: Predictor, files: Sequence[str], top_k: int = 5, batch_size: int = 256
 ) -> Iterator[Prediction]:
     """Yield one ``Prediction`` per file, in order; a file that cannot be read gets ``error``
     set instead of stopping the others. Images are decoded and classified ``batch_size`` at a
     time, so memory stays bounded however many files there are."""
-    if top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    check_options(top_k, batch_size)  # (a generator's body runs at the first next(): the
+    # command line calls it itself, before it loads the model)
     for chunk in _chunks(list(files), batch_size):
         results: list[Prediction] = []
         good: list[torch.Tensor] = []

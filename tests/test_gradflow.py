@@ -106,6 +106,7 @@ def test_sweep_lists_the_six_models() -> None:
         (["gradflow", "resnet21", "--data", "synthetic"], "unknown model"),
         (["gradflow", "--run", "/nonexistent"], "no gradflow.jsonl"),
         (["gradflow", "resnet20", "--data", "synthetic", "--batch-size", "1"], "--batch-size"),
+        (["gradflow", "resnet20", "--data", "synthetic", "--threads", "0"], "--threads"),
     ],
 )
 def test_bad_input(argv: list[str], message: str, capsys) -> None:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("name models to measure, pass --sweep, or --run RUN_DIR")
     for name in models:
         model_info(name)  # unknown names fail before any data is read
-    if args.threads:
+    if args.threads is not None:  # 0 is refused, not ignored
         if args.threads < 1:
             raise UserError("--threads must be at least 1")
         torch.set_num_threads(args.threads)

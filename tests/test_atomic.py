@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnnzoo.atomic import atomic_open, atomic_path
+from cnnzoo.errors import WriteFailed
 from helpers import assert_one_error_line, make_checkpoint, run_main
 
 
@@ -93,21 +94,32 @@ def test_eval_writes_its_table_atomically_and_reports_failures(
     assert table.read_text() == "the previous table"
     assert sorted(p.name for p in table.parent.iterdir()) == ["confusion.csv"]
 
-    def read_only(*args, **kwargs):
+    def refused(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     with monkeypatch.context() as m:
-        m.setattr("cnnzoo.analysis.plots.save_figure", read_only)
+        m.setattr("matplotlib.figure.Figure.savefig", refused)
         code, _, err = run_main([*argv, str(out)], capsys)
     assert code == 1
-    assert f"cannot write {out / 'eval' / 'confusion.png'}" in assert_one_error_line(err)
+    line = assert_one_error_line(err)
+    assert f"cannot write {out / 'eval' / 'confusion.png'}: Permission denied" in line
     rows = table.read_text().splitlines()
     assert rows[0].startswith("true\\predicted,") and len(rows) == 11  # the new table, whole
 
+    # a folder that takes no file: bad input (exit 2), said before anything is evaluated
+    evaluated = []
+    with monkeypatch.context() as m:
+        m.setattr("cnnzoo.atomic.tempfile.mkstemp", refused)
+        m.setattr("cnnzoo.commands.eval.evaluate_checkpoint", lambda *a: evaluated.append(a))
+        code, _, err = run_main([*argv, str(out)], capsys)
+    assert code == 2 and not evaluated
+    assert assert_one_error_line(err) == f"error: cannot write to {out / 'eval'}: Permission denied"
+
 
 def test_a_figure_that_fails_half_written_keeps_the_old_one(tmp_path):
-    """save_figure writes through a temp file: a savefig that dies mid-file leaves the previous
-    PNG byte for byte, no temp file, and the figure closed."""
+    """save_figure writes through a temp file: a savefig that dies mid-file is a WriteFailed
+    naming the file, and leaves the previous PNG byte for byte, no temp file, the figure
+    closed."""
     from cnnzoo.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -120,7 +132,7 @@ def test_a_figure_that_fails_half_written_keeps_the_old_one(tmp_path):
         raise OSError(28, "No space left on device")
 
     fig.savefig = dies_half_way
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match=f"cannot write {old}: No space left on device"):
         save_figure(fig, old)
     assert old.read_bytes() == b"the previous figure"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]

@@ -112,6 +112,21 @@ def test_same_experiment_check_reads_old_and_defaulted_configs(tmp_path: Path) -
         check_same_experiment(run, TrainConfig(model="plain20", epochs=5))
 
 
+def test_same_experiment_check_compares_the_asked_for_split(tmp_path: Path) -> None:
+    """A config.json that keeps the configuration as asked for: a run trained with --val 0 is
+    not the default 10% split, though the used value (0) says nothing about what None means."""
+    from cnnzoo.analysis.compare import check_same_experiment
+    from cnnzoo.train.config import TrainConfig
+    from cnnzoo.train.rundir import RunDir, write_config
+
+    asked = TrainConfig(model="resnet20", epochs=5, val=0).to_dict()
+    write_config(tmp_path, asked, {"val": 0, "device": "cpu"})
+    run = RunDir(tmp_path)
+    check_same_experiment(run, TrainConfig(model="resnet20", epochs=5, val=0))
+    with pytest.raises(UserError, match="val 0 there, None asked"):
+        check_same_experiment(run, TrainConfig(model="resnet20", epochs=5))
+
+
 def test_existing_runs_given_with_runs(compared: Path, tmp_path: Path, capsys) -> None:
     out = compared
     runs = [str(out / "runs" / "plain20-s0"), str(out / "runs" / "resnet20-s0")]

@@ -174,6 +174,18 @@ def test_download_write_failure_is_not_called_offline(
     archive.download(src.as_uri(), dest, md5, quiet=True)
     assert dest.read_bytes() == src.read_bytes()
 
+    # a data folder that takes no file: bad input, said before anything is fetched
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    fetched: list[str] = []
+    monkeypatch.setattr("cnnzoo.atomic.tempfile.mkstemp", refuse)
+    monkeypatch.setattr(archive.urllib.request, "urlopen", lambda *a, **k: fetched.append(a[0]))
+    other = tmp_path / "ro" / "cifar-10-python.tar.gz"
+    with pytest.raises(UserError, match=re.escape(f"cannot write to {other.parent}: Permission")):
+        archive.download(src.as_uri(), other, md5, quiet=True)
+    assert not fetched
+
 
 @pytest.mark.skipif(not REAL_CIFAR10.is_file(), reason="the project's CIFAR-10 copy is absent")
 def test_real_archive() -> None:

@@ -16,6 +16,7 @@ from cnnzoo.cli import main
 from cnnzoo.errors import TrainingDiverged, UserError
 from cnnzoo.train import TrainConfig, load_checkpoint, train
 from cnnzoo.train.config import lr_at
+from cnnzoo.train.rundir import RunDir
 
 SMALL = dict(
     model="resnet20",
@@ -393,6 +394,11 @@ def test_resume_redoes_gradflow_rows_of_an_unfinished_epoch(tmp_path: Path) -> N
     rows = [json.loads(r) for r in log.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert len(rows[2]["norms"]) == 19
+    # a bad line before the last is damage no write of ours leaves: named, not silently dropped
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(UserError, match=r"gradflow.jsonl line 2 is not JSON"):
+        RunDir(out).gradflow()
 
 
 def test_cli_stop_after_then_resume(tmp_path: Path) -> None:

@@ -136,14 +136,18 @@ def test_torch_hub_loads_from_a_checkout(tmp_path) -> None:
         "print(type(m).__name__, m.pretrained_cfg['recipe'])\n"
         "print(sys.modules['cnnzoo'].__file__)\n"
     )
+    # another cnnzoo found first on the path (as another installed version would be): hubconf
+    # must load the checkout's own package, not that one
+    decoy = tmp_path / "elsewhere" / "cnnzoo"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
     env = cnnzoo_env({"TORCH_HOME": str(tmp_path)})
-    env.pop("PYTHONPATH")  # hubconf.py itself must find the package (installed or in src/)
+    env["PYTHONPATH"] = str(decoy.parent)  # hubconf.py itself must find the checkout's src/
     got = subprocess.run(
         [sys.executable, "-c", code, str(ROOT)], env=env, capture_output=True, text=True
     )
     assert got.returncode == 0, got.stderr
     assert got.stdout.splitlines()[0].startswith("ResNet ")
-    # the checkout's own package, whatever else is installed
     assert Path(got.stdout.splitlines()[1]).resolve().is_relative_to(ROOT / "src")
 
 

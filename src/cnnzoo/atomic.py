@@ -9,12 +9,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from cnnzoo.errors import UserError
+
 
 def current_umask() -> int:
     """The process's umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def require_writable(folder: str | os.PathLike) -> None:
+    """``UserError`` (bad input, exit code 2) when ``folder`` cannot take a new file, checked
+    before any work: a read-only or missing folder is the user's to fix. A write that fails
+    later (a full disk) is a ``WriteFailed`` instead (exit code 1)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"cannot write to {folder}: {err.strerror}") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 @contextlib.contextmanager

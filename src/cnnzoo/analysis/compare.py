@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnzoo.errors import UserError
 from cnnzoo.models.registry import split_depth
-from cnnzoo.train.rundir import RunDir, write_json, write_text_atomic
+from cnnzoo.train.rundir import REQUESTED_KEY, RunDir, write_json, write_text_atomic
 
 if TYPE_CHECKING:
     from cnnzoo.train.config import TrainConfig
@@ -125,11 +125,12 @@ def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
     """``UserError`` naming every field where the run in ``found`` differs from ``cfg`` (the
     configuration asked for now): reusing it would report another experiment's numbers."""
     stored, defaults = found.requested_config(), experiment_fields(type(cfg)())
+    old_format = REQUESTED_KEY not in found.config()
     diffs = []
     for name, want in experiment_fields(cfg).items():
         # a config.json older than its "requested" part holds the validation images actually
         # held out: the default (None, 10% of whatever the data holds) cannot be compared
-        if name == "val" and want is None:
+        if name == "val" and want is None and old_format:
             continue
         # a run older than a field ran with its default
         have = stored.get(name, defaults[name])

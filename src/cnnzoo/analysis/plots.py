@@ -7,6 +7,7 @@ from types import ModuleType
 from typing import Any
 
 from cnnzoo.atomic import atomic_open
+from cnnzoo.train.rundir import reported_write
 
 
 def pyplot() -> ModuleType:
@@ -28,8 +29,8 @@ def save_figure(fig: Any, path: str | Path, svg: bool = True) -> list[Path]:
     out = [path, path.with_suffix(".svg")] if svg else [path]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for file in out:
-            with atomic_open(file, "wb") as f:
+        for file in out:  # a failed write: WriteFailed naming that file, the old one kept
+            with reported_write(file), atomic_open(file, "wb") as f:
                 extra = {"dpi": 120} if file.suffix == ".png" else {}
                 fig.savefig(f, format=file.suffix[1:], bbox_inches="tight", **extra)
     finally:

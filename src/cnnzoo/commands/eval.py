@@ -97,12 +97,13 @@ def evaluate_checkpoint(
         raise UserError(
             f"the checkpoint has {ckpt['num_classes']} classes, the data {ds.num_classes}"
         )
-    trained = [str(c) for c in ckpt.get("classes") or []]
-    if trained and trained != [str(c) for c in ds.classes]:
+    trained, names = [str(c) for c in ckpt.get("classes") or []], [str(c) for c in ds.classes]
+    if trained and trained != names:
         # same count, other names or order: every label would be scored against another class
+        i = next(i for i, (a, b) in enumerate(zip(trained, names, strict=True)) if a != b)
         raise UserError(
-            f"the checkpoint's classes ({', '.join(trained)}) are not the data's "
-            f"({', '.join(map(str, ds.classes))})"
+            f"the checkpoint's class {i} is {trained[i]!r}, the data's {names[i]!r}: "
+            "not the classes it was trained on"
         )
     dev = resolve_device(device)
     asked = cfg.get("precision", "auto")  # as the run evaluated (fp16 needs CUDA: else auto)
@@ -151,15 +152,38 @@ def write_confusion(result: dict[str, Any], out: Path) -> list[Path]:
         w.writerow([name, *row])
     path = out / "confusion.csv"
     write_text_atomic(path, buf.getvalue())  # temp file + rename: never a torn table
-    figure = out / "confusion.png"
-    with reported_write(figure):
-        figures = plot_confusion(
-            result["confusion"],
-            classes,
-            figure,
-            title=f"{result['model']}: test accuracy {result['accuracy']:.2%}",
-        )
+    figures = plot_confusion(  # each figure file a WriteFailed of its own (save_figure)
+        result["confusion"],
+        classes,
+        out / "confusion.png",
+        title=f"{result['model']}: test accuracy {result['accuracy']:.2%}",
+    )
     return [path, *figures]
+
+
+def _output_folder(args: argparse.Namespace) -> Path | None:
+    """OUT/eval, created and shown to take files (``UserError``, exit code 2, if it cannot:
+    an unwritable folder is bad input, found before the evaluation); None when nothing is
+    written (shipped weights without --out)."""
+    from cnnzoo.atomic import require_writable
+    from cnnzoo.errors import UserError
+
+    if args.out:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a file; name a folder")
+        base = Path(args.out)
+    elif args.checkpoint:  # beside the checkpoint
+        ckpt_path = Path(args.checkpoint)
+        base = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
+    else:
+        return None
+    out = base / "eval"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write to {out}: {err.strerror}") from None
+    require_writable(out)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,8 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.pretrained is None):
         raise UserError("give a checkpoint or --pretrained MODEL (one of the two)")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UserError(f"--out {args.out} is a file; name a folder")  # before the evaluation
+    out = _output_folder(args)  # checked before the evaluation, not after it
     if args.pretrained:
         from cnnzoo.inference.weights import pretrained_checkpoint
 
@@ -199,14 +222,7 @@ def run(args: argparse.Namespace) -> int:
         + (" on a 3x3 grid" if args.tta_grid else "")
         + (f" for the {args.tta_fraction:.0%} least sure" if args.tta_fraction < 1 else "")
     )
-    if args.out:
-        out: Path | None = Path(args.out)
-    elif args.checkpoint:  # beside the checkpoint; shipped weights write nothing unless asked
-        ckpt_path = Path(args.checkpoint)
-        out = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
-    else:
-        out = None
-    written = write_confusion(result, out / "eval") if out else []
+    written = write_confusion(result, out) if out else []
     if args.format == "json":
         result["views"] = views
         keys = ("accuracy", "views", "per_class", "confusion", "model", "dataset", "count", "loss")

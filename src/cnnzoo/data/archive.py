@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from cnnzoo.atomic import atomic_open
+from cnnzoo.atomic import atomic_open, require_writable
 from cnnzoo.errors import UserError, WriteFailed, one_line
 
 
@@ -151,8 +151,12 @@ def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
     from tqdm.auto import tqdm  # a widget in Jupyter, the terminal's bar elsewhere
 
     digest = hashlib.md5(usedforsecurity=False)
-    try:
+    try:  # a data folder that takes no file is the user's to fix: said before the download
         dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write to {dest.parent}: {err.strerror}") from None
+    require_writable(dest.parent)
+    try:
         with atomic_open(dest, "wb") as out:
             with _network(url, dest):
                 resp = urllib.request.urlopen(url, timeout=30)

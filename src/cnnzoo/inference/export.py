@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnzoo.atomic import atomic_path
+from cnnzoo.atomic import atomic_path, require_writable
 from cnnzoo.data import normalize
 from cnnzoo.errors import UserError
 from cnnzoo.inference.export_defaults import DEFAULT_ATOL, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from cnnzoo.train.rundir import reported_write, require_writable
+from cnnzoo.train.rundir import reported_write
 
 INPUT_NORMALISED = {  # metadata: what the graph's input is, by --include-normalization
     True: "float32 NCHW RGB in [0, 1] (pixel / 255); normalised inside the graph",

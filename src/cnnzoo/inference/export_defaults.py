@@ -1,5 +1,5 @@
-"""The ONNX export's option defaults and limits, in a module of their own: ``cnnzoo export``'s
-parser shows them without importing the exporter (numpy, torch.nn, the data package)."""
+"""The ONNX export's option defaults and limits, in one place: the exporter uses them, and
+``cnnzoo export``'s parser shows them without importing the exporter itself (nor onnx)."""
 
 from __future__ import annotations
 

@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cnnzoo.atomic import require_writable
 from cnnzoo.errors import UserError
 from cnnzoo.inference.predict import checkpoint_image_size, checkpoint_normalization
 from cnnzoo.models import model_info
 from cnnzoo.models.weights import resolve_weights, save_weights
 from cnnzoo.train.checkpoint import load_checkpoint
-from cnnzoo.train.rundir import reported_write, require_writable
+from cnnzoo.train.rundir import reported_write
 
 
 def output_file(out: str | os.PathLike, suffix: str) -> Path:

@@ -7,15 +7,13 @@ import contextlib
 import csv
 import io
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnzoo.atomic import atomic_open
+from cnnzoo.atomic import atomic_open, require_writable
 from cnnzoo.errors import UserError, WriteFailed
 from cnnzoo.train.runtime import DistInfo, barrier
 
@@ -52,18 +50,6 @@ def reported_write(path: Path) -> Iterator[None]:
             f"cannot write {path}: {reason} ({_free_space(path.parent)}); "
             f"{path.name} is left as it was"
         ) from err
-
-
-def require_writable(folder: str | os.PathLike) -> None:
-    """``UserError`` (bad input, exit code 2) when ``folder`` cannot take a new file, checked
-    before any work: a read-only or missing folder is the user's to fix. A write that fails
-    later (a full disk) is a ``WriteFailed`` instead (exit code 1)."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
-    except OSError as err:
-        raise UserError(f"cannot write to {folder}: {err.strerror}") from None
-    os.close(fd)
-    os.unlink(tmp)
 
 
 def _free_space(folder: Path) -> str:
@@ -106,16 +92,18 @@ def write_config(out: Path, requested: dict[str, Any], used: dict[str, Any]) -> 
 
 
 def _jsonl_rows(path: Path) -> list[str]:
-    """The lines of a JSON-lines file that parse: a torn last line (a kill or a full disk in the
-    middle of a write by an older cnnzoo that appended in place) is skipped, not fatal."""
-    rows = []
-    for line in path.read_text().splitlines():
+    """The rows of a JSON-lines file. A torn last line (a kill or a full disk in the middle of
+    an append by an older cnnzoo, which wrote in place) is dropped; a bad line before it is
+    damage that no write of ours leaves, and an error naming the file."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
         try:
             json.loads(line)
         except ValueError:
-            continue
-        rows.append(line)
-    return rows
+            if i == len(lines) - 1:
+                return lines[:-1]
+            raise UserError(f"{path} line {i + 1} is not JSON; the file is damaged") from None
+    return lines
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

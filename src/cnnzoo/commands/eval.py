@@ -162,7 +162,7 @@ def write_confusion(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _output_folder(args: argparse.Namespace) -> Path | None:
-    """OUT/eval, created and shown to take files (``UserError``, exit code 2, if it cannot:
+    """OUT/eval, shown to be writable (``UserError``, exit code 2, if it is not:
     an unwritable folder is bad input, found before the evaluation); None when nothing is
     written (shipped weights without --out)."""
     from cnnzoo.atomic import require_writable
@@ -178,11 +178,14 @@ def _output_folder(args: argparse.Namespace) -> Path | None:
     else:
         return None
     out = base / "eval"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot write to {out}: {err.strerror}") from None
-    require_writable(out)
+    # the nearest folder that exists is where the files (or the folders for them) will go;
+    # nothing is created yet, so a failed evaluation leaves nothing behind
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write to {out}: {probe} is a file")
+    require_writable(probe)
     return out
 
 
@@ -192,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.pretrained is None):
         raise UserError("give a checkpoint or --pretrained MODEL (one of the two)")
-    out = _output_folder(args)  # checked before the evaluation, not after it
     if args.pretrained:
         from cnnzoo.inference.weights import pretrained_checkpoint
 
@@ -203,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
         source = load_checkpoint(args.checkpoint)
         trained = source.get("config") or {}
+    out = _output_folder(args)  # once the checkpoint is known good, before the evaluation
     # by default the views the run's own test accuracy (summary.json) was measured with
     args.tta = bool(trained.get("tta", False)) if args.tta is None else args.tta
     if args.tta_shift is None:

@@ -19,11 +19,14 @@ def current_umask() -> int:
     return mask
 
 
-def require_writable(folder: str | os.PathLike) -> None:
+def require_writable(folder: str | os.PathLike, create: bool = False) -> None:
     """``UserError`` (bad input, exit code 2) when ``folder`` cannot take a new file, checked
-    before any work: a read-only or missing folder is the user's to fix. A write that fails
-    later (a full disk) is a ``WriteFailed`` instead (exit code 1)."""
+    before any work: a read-only or missing folder is the user's to fix (``create``: make it
+    first, with its parents). A write that fails later (a full disk) is a ``WriteFailed``
+    instead (exit code 1)."""
     try:
+        if create:
+            Path(folder).mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
     except OSError as err:
         raise UserError(f"cannot write to {folder}: {err.strerror}") from None

@@ -151,11 +151,8 @@ def download(url: str, dest: Path, md5: str, quiet: bool = False) -> None:
     from tqdm.auto import tqdm  # a widget in Jupyter, the terminal's bar elsewhere
 
     digest = hashlib.md5(usedforsecurity=False)
-    try:  # a data folder that takes no file is the user's to fix: said before the download
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot write to {dest.parent}: {err.strerror}") from None
-    require_writable(dest.parent)
+    # a data folder that takes no file is the user's to fix: said before the download
+    require_writable(dest.parent, create=True)
     try:
         with atomic_open(dest, "wb") as out:
             with _network(url, dest):

@@ -166,11 +166,7 @@ def prepare_out_dir(out: Path, dist: DistInfo, resuming: bool) -> Path:
         )
     barrier(dist)  # every rank has checked before rank 0 creates anything
     if dist.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot write to {out}: {err.strerror}") from None
-        require_writable(out)
+        require_writable(out, create=True)
         for stale in stale_temp_files(out):
             stale.unlink(missing_ok=True)
     barrier(dist)

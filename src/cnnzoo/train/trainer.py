@@ -23,7 +23,7 @@ from torch import nn
 
 from cnnzoo.data import load_dataset
 from cnnzoo.errors import Interrupted, TrainingDiverged
-from cnnzoo.models import create_model
+from cnnzoo.models import count_params, create_model
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.callbacks import Callbacks
 from cnnzoo.train.config import TrainConfig, lr_at, whiten_bias_lr_at
@@ -433,7 +433,7 @@ class _Run:
                 "test_loss": test_best.loss,
                 "train_seconds": sum(r["seconds"] for r in history),
                 "mean_img_per_s": float(np.mean([r["img_per_s"] for r in history])),
-                "params": sum(p.numel() for p in self.model.parameters()),
+                "params": count_params(self.model),
             },
         )
         val = result.best_val_acc  # None without validation: best.pt is the last epoch's

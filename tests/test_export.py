@@ -155,3 +155,18 @@ def test_a_failed_onnx_write_is_exit_1_and_keeps_the_old_file(ckpt, tmp_path, mo
     assert f"cannot write {out}: No space left on device" in assert_one_error_line(err)
     assert out.read_bytes() == b"the user's previous file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_an_exporter_failure_is_its_first_line(ckpt, tmp_path, monkeypatch, capsys):
+    # The TorchScript exporter's errors go on with a graph dump; the user gets the first line.
+    def fail(*args, **kwargs):
+        raise RuntimeError("\n  Unsupported: aten::weird_op in opset 17\ngraph(%x : Float(2, 3))\n")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    out = tmp_path / "model.onnx"
+    code, _, err = run_main(["export", str(ckpt), "-o", str(out)], capsys)
+    assert code == 2
+    line = assert_one_error_line(err)
+    assert "ONNX export failed (opset" in line
+    assert "Unsupported: aten::weird_op in opset 17" in line and "graph(" not in line
+    assert not out.exists()

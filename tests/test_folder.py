@@ -296,3 +296,17 @@ def test_eval_says_when_a_class_has_no_test_images(run24, tmp_path, capsys) -> N
     )
     per_class = json.loads(text)["per_class"]
     assert per_class["banana"] is None and per_class["cherry"] is None
+
+
+def test_eval_names_the_checkpoints_data_path_when_it_is_gone(run24, tmp_path, capsys) -> None:
+    # The user typed no --data: the error must say the path is the run's, and how to give one.
+    _, out = run24
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    gone = tmp_path / "moved-away"
+    ckpt["config"]["data"] = str(gone)
+    torch.save(ckpt, tmp_path / "best.pt")
+    code, _, err = run_main(["eval", str(tmp_path / "best.pt")], capsys)
+    assert code == 2
+    line = assert_one_error_line(err)
+    assert f"the checkpoint was trained on {gone}, which is gone" in line
+    assert "pass --data PATH" in line and "download" not in line

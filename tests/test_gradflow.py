@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnzoo.analysis import gradflow as gf
-from cnnzoo.models import create_model
+from cnnzoo.models import create_model, list_models
 from helpers import run_main
 
 RECORD = ["--record-gradflow", "--data", "synthetic", "--subset", "32", "--val", "32",
@@ -152,3 +152,10 @@ def test_the_measurement_forks_the_random_stream_of_the_batch_device() -> None:
     before = torch.get_rng_state()
     gf.conv_grad_norms(model, x, y)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_is_plain_names_exactly_the_nets_without_skip_connections(name: str) -> None:
+    # The figures draw plain nets dashed by name; the name must match what the net is.
+    skips = [m.skip for m in create_model(name).modules() if hasattr(m, "skip")]
+    assert gf.is_plain(name) == (bool(skips) and not any(skips))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnnzoo.data.archive import check_member, read_tar_members, safe_extract
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, one_line
 from cnnzoo.train import load_checkpoint
 from helpers import (
     ROOT,
@@ -210,3 +210,24 @@ def test_too_many_tar_members_are_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="more than 5 members"):
         safe_extract(bomb, dest)
     assert not list(dest.rglob("*")), "nothing extracted"
+
+
+def test_one_line_keeps_the_first_line_or_the_type_name() -> None:
+    err = RuntimeError("\n  first   problem\n<dump line 1>\n<dump line 2>")
+    assert one_line(err, first_line=True) == "first problem"
+    assert one_line(err) == "first problem <dump line 1> <dump line 2>"
+    assert one_line(EOFError(), first_line=True) == "EOFError"
+    assert one_line(ValueError("x" * 300), 10, first_line=True) == "x" * 10 + "..."
+
+
+@pytest.mark.parametrize("error", [EOFError(), RuntimeError(""), OSError()])
+def test_a_checkpoint_read_error_without_text_is_still_one_line(error, tmp_path, monkeypatch):
+    # str(err).splitlines()[0] raised IndexError on an error with no message.
+    path = make_checkpoint(tmp_path / "best.pt")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(UserError, match=f"cannot read checkpoint .*: {type(error).__name__}$"):
+        load_checkpoint(path)

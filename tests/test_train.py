@@ -652,3 +652,21 @@ def test_low_res_epochs_reach_the_model_then_full_size(tmp_path: Path, monkeypat
     train(cfg)
     per_epoch = json.loads((tmp_path / "config.json").read_text())["steps_per_epoch"]
     assert sides == [16] * (2 * per_epoch) + [32] * per_epoch
+
+
+def test_the_apple_gpu_generator_is_saved_and_restored(monkeypatch) -> None:
+    # Resume restores every generator training draws from; on a Mac that includes the MPS one.
+    from cnnzoo.train import state as st
+
+    restored = []
+    monkeypatch.setattr(st, "mps_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.mps, "set_rng_state", restored.append)
+    saved = st.get_rng_state()
+    assert torch.equal(saved["mps"], torch.tensor([7], dtype=torch.uint8))
+    st.set_rng_state(saved)
+    assert len(restored) == 1 and torch.equal(restored[0], saved["mps"])
+    monkeypatch.setattr(st, "mps_available", lambda: False)
+    assert "mps" not in st.get_rng_state()  # and a checkpoint without it loads anywhere
+    st.set_rng_state(saved)
+    assert len(restored) == 1

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 
-def one_line(err: BaseException, limit: int = 200) -> str:
+def one_line(err: BaseException, limit: int = 200, *, first_line: bool = False) -> str:
     """An exception as a short single line for an ``error:`` message: its text with every run
     of whitespace (a crafted file can put newlines in names) made one space, cut at ``limit``
-    characters, or its type's name when it has no text."""
-    text = " ".join(str(err).split()) or type(err).__name__
+    characters, or its type's name when it has no text. ``first_line`` keeps only the first
+    non-blank line, for messages that go on with a dump (the ONNX exporter's do)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if first_line and lines else str(err)
+    text = " ".join(text.split()) or type(err).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 
 

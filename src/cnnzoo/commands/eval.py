@@ -74,6 +74,7 @@ def evaluate_checkpoint(
     import torch
 
     from cnnzoo.data import TensorLoader, load_dataset
+    from cnnzoo.data.cifar import is_synthetic
     from cnnzoo.errors import UserError
     from cnnzoo.inference.predict import checkpoint_image_size
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
@@ -87,9 +88,15 @@ def evaluate_checkpoint(
     check_tta(tta.shift, tta.grid, tta.fraction)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
+    source = data if data else cfg.get("data")
+    if not data and source and not is_synthetic(source) and not Path(source).exists():
+        # the path is the one the run trained on, not one the user typed: say so
+        raise UserError(
+            f"the checkpoint was trained on {source}, which is gone; pass --data PATH to a copy"
+        )
     ds = load_dataset(
         cfg.get("dataset", "cifar10"),
-        data if data else cfg.get("data"),
+        source,
         quiet=True,
         image_size=checkpoint_image_size(ckpt),  # an image folder's, as trained
     )

@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnzoo.errors import UserError
+    from cnnzoo.errors import UserError, one_line
     from cnnzoo.models import create_model, summarize
 
     model = create_model(args.model, num_classes=args.num_classes)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = summarize(model, size, depth=args.depth)
     except RuntimeError as err:  # e.g. five 2x2 pools cannot run on an 8x8 image
-        first = str(err).strip().splitlines()[0]
+        first = one_line(err, first_line=True)
         raise UserError(
             f"{args.model} cannot run on a {args.input_size}x{args.input_size} input: {first}"
         ) from None

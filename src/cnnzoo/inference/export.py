@@ -33,7 +33,7 @@ from torch import nn
 
 from cnnzoo.atomic import atomic_path, require_writable
 from cnnzoo.data import normalize
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, one_line
 from cnnzoo.inference.export_defaults import DEFAULT_ATOL, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from cnnzoo.train.rundir import reported_write
 
@@ -225,7 +225,7 @@ def _export(module: nn.Module, path: Path, opset: int, size: int) -> None:
         except OSError:
             raise  # writing the file failed, not the export: reported as a write failure
         except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+            first = one_line(err, first_line=True)
             raise UserError(f"ONNX export failed (opset {opset}): {first}") from None
 
 

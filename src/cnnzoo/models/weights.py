@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from cnnzoo.atomic import atomic_open
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, one_line
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
@@ -81,7 +81,7 @@ def read_weights(
             meta = json.loads((f.metadata() or {}).get("cnnzoo", "{}"))
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"cannot read weights {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read weights {path}: {one_line(err, first_line=True)}") from None
     if not isinstance(meta, dict) or "model_name" not in meta:
         raise UserError(f"{path} has no cnnzoo metadata (write it with `cnnzoo export`)")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta

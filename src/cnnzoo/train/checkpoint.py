@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cnnzoo.atomic import atomic_open
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, one_line
 from cnnzoo.train.rundir import reported_write
 
 FORMAT = 2
@@ -49,13 +49,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
         raise UserError(
             f"refused to load {path}: it holds objects other than tensors and plain data "
-            f"({first[:160]})"
+            f"({one_line(err, 160, first_line=True)})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot read checkpoint {path}: {one_line(err, first_line=True)}"
+        ) from None
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "model" not in ckpt:
         raise UserError(f"{path} is not a cnnzoo checkpoint")
     return ckpt

@@ -11,8 +11,14 @@ import torch
 import torch.distributed as dist
 
 from cnnzoo.data.cache import cache_dir
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, one_line
 from cnnzoo.train.precision import cpu_precision
+
+
+def mps_available() -> bool:
+    """Whether an Apple GPU can be used (``torch.backends.mps`` is missing from some builds)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -20,7 +26,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", _local_gpu())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -157,7 +163,7 @@ def describe_rank_failure(err: BaseException) -> str | None:
     signs = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
     if not isinstance(err, dist.DistError) and not any(s in lowered for s in signs):
         return None
-    first = text.splitlines()[0][:200] if text else type(err).__name__
+    first = one_line(err, first_line=True)
     timeout = os.environ.get("CNNZOO_DIST_TIMEOUT", "300")
     return (
         f"rank {dist.get_rank()} of {dist.get_world_size()} lost contact with another rank: it "

@@ -17,7 +17,7 @@ from cnnzoo.data import Augment, TensorLoader, stratified_split
 from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.loader import normalize
 from cnnzoo.data.mix import Mix
-from cnnzoo.errors import UserError
+from cnnzoo.errors import UserError, one_line
 from cnnzoo.models import create_model, model_info
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.config import RESUME_OPTIONS, TrainConfig
@@ -91,7 +91,7 @@ def _check_image_size(net: nn.Module, cfg: TrainConfig) -> None:
         with torch.device("meta"):
             net(torch.empty(2, 3, s, s))  # (2, 3, S, S): 2 keeps BatchNorm's training mode happy
     except (RuntimeError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = one_line(err, first_line=True)
         msg = f"--image-size {s}: {cfg.model} does not take {s}x{s} images ({reason})"
         raise UserError(msg) from None
 

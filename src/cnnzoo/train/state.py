@@ -13,6 +13,7 @@ from torch import nn
 from cnnzoo.train import checkpoint as ckpt_io
 from cnnzoo.train.engine import EpochPosition
 from cnnzoo.train.rundir import write_metrics
+from cnnzoo.train.runtime import mps_available
 
 
 @dataclass
@@ -69,6 +70,8 @@ def get_rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if mps_available():  # an Apple GPU keeps its own generator, as CUDA does
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
@@ -76,6 +79,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and mps_available():
+        torch.mps.set_rng_state(state["mps"])
 
 
 @dataclass

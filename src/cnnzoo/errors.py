@@ -9,8 +9,9 @@ def one_line(err: BaseException, limit: int = 200, *, first_line: bool = False) 
     of whitespace (a crafted file can put newlines in names) made one space, cut at ``limit``
     characters, or its type's name when it has no text. ``first_line`` keeps only the first
     non-blank line, for messages that go on with a dump (the ONNX exporter's do)."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    text = lines[0] if first_line and lines else str(err)
+    text = str(err)
+    if first_line:
+        text = next((line for line in text.splitlines() if line.strip()), "")
     text = " ".join(text.split()) or type(err).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 

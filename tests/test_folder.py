@@ -308,5 +308,5 @@ def test_eval_names_the_checkpoints_data_path_when_it_is_gone(run24, tmp_path, c
     code, _, err = run_main(["eval", str(tmp_path / "best.pt")], capsys)
     assert code == 2
     line = assert_one_error_line(err)
-    assert f"the checkpoint was trained on {gone}, which is gone" in line
+    assert f"the run's data {gone} is gone" in line
     assert "pass --data PATH" in line and "download" not in line

@@ -4,13 +4,17 @@ may change."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
+from cnnzoo.data import cifar
 from cnnzoo.train import TrainConfig, load_checkpoint, train
 from cnnzoo.train.config import RESUME_OPTIONS
 from cnnzoo.train.setup import resolve_run
-from helpers import assert_one_error_line, run_main
+from helpers import assert_one_error_line, fake_cifar10, make_fake_cifar_tar, run_main
 from test_folder import make_folder
 
 
@@ -80,3 +84,89 @@ def test_resume_takes_only_the_resume_options_and_a_stop_after_ahead(tmp_path: P
     code, _, err = run_main(["train", "--resume", str(out), "--quiet", "--stop-after", "2"], capsys)
     assert code == 0, err
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def small_cifar(monkeypatch):
+    """CIFAR-10 archives of 100 training and 20 test images decode as CIFAR-10."""
+    small = dataclasses.replace(cifar.DATASETS["cifar10"], train_images=100, test_images=20)
+    monkeypatch.setitem(cifar.DATASETS, "cifar10", small)
+
+
+def test_a_resume_takes_a_moved_copy_of_its_data_and_refuses_other_data(
+    tmp_path, capsys, small_cifar
+) -> None:
+    """The run records its data as an absolute path; when that is gone, the error says the path
+    is the run's (no download hint) and --data points the resume to a copy. Other data (another
+    archive md5) is refused, and every refusal leaves the run's files as they were."""
+    for name in ("a", "b", "elsewhere"):
+        (tmp_path / name).mkdir()
+    first = fake_cifar10(tmp_path / "a" / "cifar-10-python.tar.gz", n_train=100, n_test=20)
+    other = make_fake_cifar_tar(tmp_path / "b" / "cifar-10-python.tar.gz", images_per_batch=20)
+    out = tmp_path / "run"
+    train(TrainConfig(model="resnet20", data=str(first), val=0, batch_size=50, epochs=3,
+                      stop_after=1, precision="fp32", quiet=True, out=str(out)))  # fmt: skip
+    assert load_checkpoint(out / "last.pt")["config"]["data"] == str(first)
+    moved = tmp_path / "elsewhere" / "copy.tar.gz"
+    first.rename(moved)
+    before = _files(out)
+
+    code, _, err = run_main(["train", "--resume", str(out), "--quiet"], capsys)
+    line = assert_one_error_line(err)
+    assert code == 2 and f"the run's data {first} is gone; pass --data PATH" in line
+    assert "download" not in line
+    code, _, err = run_main(
+        ["train", "--resume", str(out), "--data", str(other), "--quiet"], capsys
+    )
+    line = assert_one_error_line(err)
+    assert code == 2 and f"{other} is not the data {out} trained on (archive md5" in line
+    assert _files(out) == before
+
+    argv = ["train", "--resume", str(out), "--data", str(moved), "--quiet", "--stop-after", "2"]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2 and state["config"]["data"] == str(moved)
+    # from now on the run names the copy: a plain resume finds it
+    code, _, err = run_main(["train", "--resume", str(out), "--quiet"], capsys)
+    assert code == 0 and (out / "summary.json").is_file(), err
+
+
+def test_a_relative_data_path_is_recorded_absolute(
+    tmp_path, monkeypatch, capsys, small_cifar
+) -> None:
+    """Typed relative, it is saved absolute: eval finds the data from another folder, and the
+    reuse check of compare/degradation takes either spelling as the same path."""
+    from cnnzoo.analysis.compare import check_same_experiment
+    from cnnzoo.train.rundir import RunDir
+
+    (tmp_path / "d").mkdir()
+    archive = fake_cifar10(tmp_path / "d" / "cifar-10-python.tar.gz", n_train=100, n_test=20)
+    monkeypatch.chdir(tmp_path / "d")
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="resnet20", data="cifar-10-python.tar.gz", val=0, batch_size=50,
+                      epochs=1, precision="fp32", quiet=True, out=str(out))  # fmt: skip
+    train(cfg)
+    assert json.loads((out / "config.json").read_text())["requested"]["data"] == str(archive)
+    check_same_experiment(RunDir(out), cfg)  # as typed, from the folder it was typed in
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["eval", str(out / "best.pt"), "--no-tta"], capsys)
+    assert code == 0, err
+
+
+def test_metrics_read_for_a_resume_drop_a_torn_last_row(tmp_path: Path) -> None:
+    """read_metrics reads as every other JSON-lines reader: a row cut short by a kill during an
+    older cnnzoo's in-place write is dropped; damage before the last row is an error."""
+    from cnnzoo.errors import UserError
+    from cnnzoo.train.rundir import read_metrics
+
+    assert read_metrics(tmp_path) == []
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert read_metrics(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(UserError, match="line 2 is not JSON"):
+        read_metrics(tmp_path)

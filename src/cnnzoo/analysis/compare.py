@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnzoo.data.cifar import absolute_data
 from cnnzoo.errors import UserError
 from cnnzoo.models.registry import split_depth
 from cnnzoo.train.rundir import REQUESTED_KEY, RunDir, write_json, write_text_atomic
@@ -134,6 +135,8 @@ def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
             continue
         # a run older than a field ran with its default
         have = stored.get(name, defaults[name])
+        if name == "data":  # recorded absolute (an older run as typed, read from this folder)
+            have, want = absolute_data(have), absolute_data(want)
         if have != want:
             diffs.append(f"{name} {have!r} there, {want!r} asked")
     if diffs:

@@ -74,10 +74,10 @@ def evaluate_checkpoint(
     import torch
 
     from cnnzoo.data import TensorLoader, load_dataset
-    from cnnzoo.data.cifar import is_synthetic
     from cnnzoo.errors import UserError
     from cnnzoo.inference.predict import checkpoint_image_size
     from cnnzoo.train import load_checkpoint, model_from_checkpoint
+    from cnnzoo.train.checkpoint import check_classes
     from cnnzoo.train.config import check_tta
     from cnnzoo.train.engine import TTA, evaluate
     from cnnzoo.train.runtime import autocast, resolve_device, resolve_precision
@@ -88,30 +88,14 @@ def evaluate_checkpoint(
     check_tta(tta.shift, tta.grid, tta.fraction)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
-    source = data if data else cfg.get("data")
-    if not data and source and not is_synthetic(source) and not Path(source).exists():
-        # the path is the one the run trained on, not one the user typed: say so
-        raise UserError(
-            f"the checkpoint was trained on {source}, which is gone; pass --data PATH to a copy"
-        )
     ds = load_dataset(
         cfg.get("dataset", "cifar10"),
-        source,
+        data if data else cfg.get("data"),
         quiet=True,
+        saved=not data,
         image_size=checkpoint_image_size(ckpt),  # an image folder's, as trained
     )
-    if ds.num_classes != ckpt["num_classes"]:
-        raise UserError(
-            f"the checkpoint has {ckpt['num_classes']} classes, the data {ds.num_classes}"
-        )
-    trained, names = [str(c) for c in ckpt.get("classes") or []], [str(c) for c in ds.classes]
-    if trained and trained != names:
-        # same count, other names or order: every label would be scored against another class
-        i = next(i for i, (a, b) in enumerate(zip(trained, names, strict=True)) if a != b)
-        raise UserError(
-            f"the checkpoint's class {i} is {trained[i]!r}, the data's {names[i]!r}: "
-            "not the classes it was trained on"
-        )
+    check_classes(ckpt, ds.classes)
     dev = resolve_device(device)
     asked = cfg.get("precision", "auto")  # as the run evaluated (fp16 needs CUDA: else auto)
     precision = resolve_precision("auto" if asked == "fp16" and dev.type != "cuda" else asked, dev)

@@ -97,11 +97,12 @@ def _flag(name: str) -> str:
 
 def _refuse_options_on_resume(args: argparse.Namespace) -> None:
     """``--resume`` continues the saved configuration: an option that would be ignored is an
-    error, not a silent surprise. A resumed run takes only ``RESUME_OPTIONS`` from the command
-    line; everything else comes from its checkpoint."""
-    from cnnzoo.train.config import RESUME_OPTIONS
+    error, not a silent surprise. A resumed run takes only ``RESUME_OPTIONS`` and
+    ``RESUME_WHEN_GIVEN`` from the command line; everything else comes from its checkpoint."""
+    from cnnzoo.train.config import RESUME_OPTIONS, RESUME_WHEN_GIVEN
 
-    accepted = {"resume", "func", "command", *RESUME_OPTIONS}
+    takes = (*RESUME_OPTIONS, *RESUME_WHEN_GIVEN)
+    accepted = {"resume", "func", "command", *takes}
     given = [
         k
         for k, default in args._defaults.items()
@@ -109,7 +110,7 @@ def _refuse_options_on_resume(args: argparse.Namespace) -> None:
     ]
     if given:
         names = ", ".join(_flag(k) for k in given)
-        *rest, last = [_flag(k) for k in RESUME_OPTIONS]
+        *rest, last = [_flag(k) for k in takes]
         raise UserError(
             f"--resume continues the run with its saved configuration; it does not take {names} "
             f"(only {', '.join(rest)} and {last}); start a new run to change them"

@@ -91,6 +91,15 @@ def is_synthetic(data: str | os.PathLike | None) -> bool:
     return data is not None and (str(data) == "synthetic" or str(data).startswith("synthetic:"))
 
 
+def absolute_data(data: str | os.PathLike | None) -> str | None:
+    """``data`` as a run records it: a path made absolute (``~`` expanded, not resolved, so a
+    symlink the user chose stays named), so that ``eval`` and ``--resume`` find it from any
+    folder and two spellings of one path compare equal; None and generated data unchanged."""
+    if data is None or is_synthetic(data):
+        return None if data is None else str(data)
+    return os.path.abspath(os.path.expanduser(data))
+
+
 def synthetic_size(data: str | os.PathLike | None) -> int | None:
     """Training images asked for by ``'synthetic'`` (the generator's default) or
     ``'synthetic:N'``; None for real data. A malformed size is a user error, not a path."""
@@ -109,11 +118,17 @@ def load_dataset(
     data: str | os.PathLike | None = None,
     quiet: bool = False,
     image_size: int = SIZE,
+    *,
+    saved: bool = False,
 ) -> Dataset:
     """Load ``name`` ('cifar10', 'cifar100') from ``data``; ``data='synthetic'`` (or
     ``'synthetic:N'`` for N training images) for generated test data. ``data`` may also be an
     image folder (``data/train/<class>/*.png``, see ``cnnzoo.data.folder``), whatever ``name``
-    says; its images are resized to ``image_size`` (CIFAR's and the generated data's are 32)."""
+    says; its images are resized to ``image_size`` (CIFAR's and the generated data's are 32).
+    ``saved``: ``data`` is the path a run recorded, not one the user typed (the error for a
+    missing one says so, and how to point to a copy)."""
+    if saved and data is not None and not is_synthetic(data) and not Path(data).exists():
+        raise _moved(Path(data), "is gone")  # before the image-size check, which would blame it
     if data is not None and not is_synthetic(data) and is_image_folder(data):
         return load_image_folder(Path(data), image_size, quiet)
     if image_size != SIZE:
@@ -126,11 +141,15 @@ def load_dataset(
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     spec = DATASETS[name]
-    source = _find_source(spec, Path(data) if data is not None else None, quiet)
+    source = _find_source(spec, Path(data) if data is not None else None, quiet, saved)
     return _load_cached(spec, name, source, quiet)
 
 
-def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
+def _moved(path: Path, state: str) -> UserError:
+    return UserError(f"the run's data {path} {state}; pass --data PATH to a copy")
+
+
+def _find_source(spec: Spec, data: Path | None, quiet: bool, saved: bool = False) -> Path:
     """An archive file or an extracted folder holding the batch files."""
     explicit = data is not None
     root = data if data is not None else default_root()
@@ -140,6 +159,8 @@ def _find_source(spec: Spec, data: Path | None, quiet: bool) -> Path:
     for c in candidates:
         if c.is_file() or (c.is_dir() and (c / spec.test_file).is_file()):
             return c
+    if saved and explicit:  # the path a run trained on, not one typed now: no typo to fix
+        raise _moved(root, f"holds no {spec.archive}")
     if explicit:  # a typo in --data must not become a new folder with a download in it
         if not root.exists():
             raise UserError(f"no such file or folder: {root}")

@@ -62,6 +62,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def check_classes(ckpt: dict[str, Any], classes: list[str]) -> None:
+    """``UserError`` unless the data's ``classes`` are the ones ``ckpt`` was trained on: same
+    count, and (where the checkpoint names them) the same names in the same order, or every
+    label would be scored against another class."""
+    if len(classes) != ckpt["num_classes"]:
+        raise UserError(
+            f"the checkpoint has {ckpt['num_classes']} classes, the data {len(classes)}"
+        )
+    trained, names = [str(c) for c in ckpt.get("classes") or []], [str(c) for c in classes]
+    if trained and trained != names:
+        i = next(i for i, (a, b) in enumerate(zip(trained, names, strict=True)) if a != b)
+        raise UserError(
+            f"the checkpoint's class {i} is {trained[i]!r}, the data's {names[i]!r}: "
+            "not the classes it was trained on"
+        )
+
+
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model a checkpoint was trained as, with its weights, in eval mode."""
     from cnnzoo.models import create_model

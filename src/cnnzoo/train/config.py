@@ -20,6 +20,9 @@ MAX_SEED = 2**32
 # The fields a resumed run takes from its command line (--stop-after, --checkpoint-every,
 # --quiet); every other one comes from the run it continues.
 RESUME_OPTIONS = ("stop_after", "checkpoint_every", "quiet")
+# The fields a resumed run takes from its command line only when given there: --data points it
+# to its data moved elsewhere (checked to be the same data); left out, the saved path stands.
+RESUME_WHEN_GIVEN = ("data",)
 
 # --checkpoint-every's default, in minutes. Its clock restarts at every checkpoint, the
 # end-of-epoch ones included, so epochs shorter than this never write a timed checkpoint (short

@@ -80,10 +80,9 @@ def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows (none before the first epoch ends), read as ``_jsonl_rows`` does."""
     path = Path(out) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(r) for r in _jsonl_rows(path)] if path.is_file() else []
 
 
 def write_config(out: Path, requested: dict[str, Any], used: dict[str, Any]) -> None:

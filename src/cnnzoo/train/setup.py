@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from cnnzoo.data import Augment, TensorLoader, stratified_split
+from cnnzoo.data.cifar import absolute_data
 from cnnzoo.data.dataset import Dataset
 from cnnzoo.data.loader import normalize
 from cnnzoo.data.mix import Mix
 from cnnzoo.errors import UserError, one_line
 from cnnzoo.models import create_model, model_info
 from cnnzoo.train import checkpoint as ckpt_io
-from cnnzoo.train.config import RESUME_OPTIONS, TrainConfig
+from cnnzoo.train.config import RESUME_OPTIONS, RESUME_WHEN_GIVEN, TrainConfig
 from cnnzoo.train.ema import EMA
 from cnnzoo.train.lookahead import Lookahead
 from cnnzoo.train.muon import Muon
@@ -56,7 +57,11 @@ def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dic
         saved.out = str(resume)
         for name in RESUME_OPTIONS:
             setattr(saved, name, getattr(cfg, name))
+        for name in RESUME_WHEN_GIVEN:
+            if getattr(cfg, name) is not None:
+                setattr(saved, name, getattr(cfg, name))
         cfg = saved
+    cfg.data = absolute_data(cfg.data)  # as the run records it: eval and resume find it anywhere
     cfg.validate()
     done = int(state["epoch"]) if state is not None else 0
     if cfg.stop_after is not None and cfg.stop_after <= done:  # it would train nothing
@@ -78,6 +83,21 @@ def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dic
         raise UserError(f"--model-kwargs: {err}") from None
     _check_image_size(net, cfg)
     return cfg, state
+
+
+def check_resumed_data(resume: Path, state: dict | None, data: Dataset) -> None:
+    """A resumed run continues on the data it trained on: ``--data`` may name a copy moved
+    elsewhere, not other data (the archive's md5, where the run recorded one, and the classes
+    of its last checkpoint must match; a run killed before that checkpoint starts over)."""
+    run = RunDir(resume)
+    recorded = run.config().get("data_md5") if run.file("config.json").is_file() else None
+    if recorded and data.md5 and data.md5 != recorded:
+        raise UserError(
+            f"{data.source} is not the data {resume} trained on (archive md5 {data.md5}, the "
+            f"run's {recorded}); pass --data PATH to a copy of that archive"
+        )
+    if state is not None:
+        ckpt_io.check_classes(state, data.classes)
 
 
 def _check_image_size(net: nn.Module, cfg: TrainConfig) -> None:

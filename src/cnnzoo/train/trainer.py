@@ -57,6 +57,7 @@ from cnnzoo.train.setup import (
     build_loaders,
     build_model,
     build_optim,
+    check_resumed_data,
     memory_format,
     resolve_run,
     setup_runtime,
@@ -76,12 +77,14 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
 
 
 def _train(cfg: TrainConfig, resume: Path | None, closers: list[Any]) -> RunResult:
+    stored_data = resume is not None and cfg.data is None  # the run's own path, not one typed
     cfg, saved = resolve_run(cfg, resume)
     rt = setup_runtime(cfg)
     out = prepare_out_dir(Path(cfg.out), rt.dist, resuming=resume is not None)
-    data = load_dataset(
-        cfg.dataset, cfg.data, quiet=cfg.quiet or not rt.dist.is_main, image_size=cfg.image_size
-    )
+    quiet = cfg.quiet or not rt.dist.is_main
+    data = load_dataset(cfg.dataset, cfg.data, quiet, cfg.image_size, saved=stored_data)
+    if resume is not None:
+        check_resumed_data(resume, saved, data)
     loaders = build_loaders(cfg, data, rt)
     model = build_model(cfg, data, loaders, rt, fresh=saved is None)
     optim = build_optim(cfg, model, rt)

@@ -149,16 +149,24 @@ def _moved(path: Path, state: str) -> UserError:
     return UserError(f"the run's data {path} {state}; pass --data PATH to a copy")
 
 
+def local_source(spec: Spec, root: Path) -> Path | None:
+    """What ``root`` holds of ``spec``'s data, without reading it: ``root`` itself if a file (an
+    archive), else the archive or the extracted folder in it, or ``root`` as that folder."""
+    if root.is_file():
+        return root
+    for c in (root / spec.archive, root / spec.folder, root):
+        if c.is_file() or (c.is_dir() and (c / spec.test_file).is_file()):
+            return c
+    return None
+
+
 def _find_source(spec: Spec, data: Path | None, quiet: bool, saved: bool = False) -> Path:
     """An archive file or an extracted folder holding the batch files."""
     explicit = data is not None
     root = data if data is not None else default_root()
-    if root.is_file():
-        return root
-    candidates = [root / spec.archive, root / spec.folder, root]
-    for c in candidates:
-        if c.is_file() or (c.is_dir() and (c / spec.test_file).is_file()):
-            return c
+    found = local_source(spec, root)
+    if found is not None:
+        return found
     if saved and explicit:  # the path a run trained on, not one typed now: no typo to fix
         raise _moved(root, f"holds no {spec.archive}")
     if explicit:  # a typo in --data must not become a new folder with a download in it

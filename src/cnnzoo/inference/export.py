@@ -236,7 +236,7 @@ def _real_images(ckpt: dict[str, Any], data: str | None) -> tuple[torch.Tensor |
     must load; the location stored in the checkpoint is used only if it is still there.
     """
     from cnnzoo.data import DATASETS, load_dataset
-    from cnnzoo.data.cifar import default_root, is_synthetic
+    from cnnzoo.data.cifar import default_root, is_synthetic, local_source
     from cnnzoo.data.folder import is_image_folder
     from cnnzoo.inference.predict import checkpoint_image_size
 
@@ -247,16 +247,7 @@ def _real_images(ckpt: dict[str, Any], data: str | None) -> tuple[torch.Tensor |
     if not is_synthetic(source):
         spec = DATASETS.get(dataset)
         root = Path(source) if source is not None else default_root()
-        local = is_image_folder(root) or (
-            spec is not None
-            and (
-                root.is_file()
-                or (root / spec.archive).is_file()
-                or (root / spec.folder / spec.test_file).is_file()
-                or (root / spec.test_file).is_file()
-            )
-        )
-        if not local:
+        if not is_image_folder(root) and (spec is None or local_source(spec, root) is None):
             if explicit:
                 raise UserError(f"no {dataset} data at {root}")
             return None, f"skipped: no local copy of {dataset} (pass --data PATH)"

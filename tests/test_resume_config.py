@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,8 @@ def test_a_resume_takes_a_moved_copy_of_its_data_and_refuses_other_data(
 ) -> None:
     """The run records its data as an absolute path; when that is gone, the error says the path
     is the run's (no download hint) and --data points the resume to a copy. Other data (another
-    archive md5) is refused, and every refusal leaves the run's files as they were."""
+    archive md5, or other classes) is refused, and every refusal leaves the run's files as they
+    were."""
     for name in ("a", "b", "elsewhere"):
         (tmp_path / name).mkdir()
     first = fake_cifar10(tmp_path / "a" / "cifar-10-python.tar.gz", n_train=100, n_test=20)
@@ -124,6 +126,13 @@ def test_a_resume_takes_a_moved_copy_of_its_data_and_refuses_other_data(
     )
     line = assert_one_error_line(err)
     assert code == 2 and f"{other} is not the data {out} trained on (archive md5" in line
+    with tarfile.open(other) as tar:  # an extracted folder has no md5: its classes are checked
+        tar.extractall(tmp_path / "x", filter="data")
+    code, _, err = run_main(
+        ["train", "--resume", str(out), "--data", str(tmp_path / "x"), "--quiet"], capsys
+    )
+    line = assert_one_error_line(err)
+    assert code == 2 and "the checkpoint's class 0 is 'airplane', the data's 'c0'" in line
     assert _files(out) == before
 
     argv = ["train", "--resume", str(out), "--data", str(moved), "--quiet", "--stop-after", "2"]

@@ -121,7 +121,8 @@ RECIPES["fast-cpu"] = {
 # Zen 4, bf16, 5 seeds): 94.02 +- 0.66% against fast-cpu's 93.78% on the same seeds (+0.24,
 # paired s.e. 0.45); 771-786 s per run on that Zen 4; on a Zen 5 unmeasured. On an AMX Xeon
 # (model 167, 2026-12-07) that ran fast-cpu's epochs and fast as fast as a Zen 5: 93.90 +- 0.35%
-# over 5 more seeds in 427-445 s per run (docs/results/accuracy/fast-cpu/e15-test-*/).
+# over 5 more seeds in 427-445 s per run (docs/results/accuracy/fast-cpu/e15-test-*/); there,
+# held out over 3 seeds, 18 epochs +0.33 (fast-cpu/e18-heldout-xeon167/), ~530 s per run.
 # Held out, 3 seeds: +0.79 over fast-cpu, 0.21 below fast (fast-cpu/e15-heldout-zen4/).
 # The warm-up is computed as benchmarks/speedrun.py --epochs computes it, to the last bit.
 _CPU = RECIPES["fast-cpu"]

@@ -13,7 +13,7 @@ import pytest
 
 from cnnzoo.data import cifar
 from cnnzoo.train import TrainConfig, load_checkpoint, train
-from cnnzoo.train.config import RESUME_OPTIONS
+from cnnzoo.train.config import RESUME_OPTIONS, RESUME_WHEN_GIVEN
 from cnnzoo.train.setup import resolve_run
 from helpers import assert_one_error_line, fake_cifar10, make_fake_cifar_tar, run_main
 from test_folder import make_folder
@@ -79,7 +79,7 @@ def test_resume_takes_only_the_resume_options_and_a_stop_after_ahead(tmp_path: P
     code, _, err = run_main(["train", "--resume", str(out), "--lr", "0.5"], capsys)
     line = assert_one_error_line(err)
     assert code == 2 and "--lr" in line
-    for k in RESUME_OPTIONS:
+    for k in (*RESUME_OPTIONS, *RESUME_WHEN_GIVEN):
         assert "--" + k.replace("_", "-") in line.split("(only ")[1]
 
     code, _, err = run_main(["train", "--resume", str(out), "--quiet", "--stop-after", "2"], capsys)

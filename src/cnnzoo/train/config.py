@@ -66,7 +66,8 @@ class TrainConfig:
         None,
         "data",
         "archive, extracted folder, or 'synthetic[:N]' (generated, N training images) "
-        "(default: $CNNZOO_DATA, else ~/.cache/cnnzoo; downloads if missing)",
+        "(default: $CNNZOO_DATA, else ~/.cache/cnnzoo; downloads if missing); with "
+        "train --resume: a moved copy of the run's data",
         type=str,
     )
     image_size: int = opt(

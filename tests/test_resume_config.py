@@ -37,8 +37,9 @@ def test_a_run_killed_in_epoch_one_resumes_with_the_config_it_asked_for(tmp_path
 
     for name in ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json"):
         (out / name).unlink()  # as if killed in epoch 1, before its checkpoint
-    cfg, state = resolve_run(TrainConfig(quiet=True), out)
-    assert state is None and (cfg.val, cfg.device, cfg.precision) == (None, "auto", "auto")
+    cfg, resumed = resolve_run(TrainConfig(quiet=True), out)
+    assert resumed is not None and resumed.state is None
+    assert (cfg.val, cfg.device, cfg.precision) == (None, "auto", "auto")
     code, _, err = run_main(["train", "--resume", str(out), "--quiet"], capsys)
     assert code == 0, err
     assert (out / "summary.json").is_file()
@@ -70,8 +71,8 @@ def test_resume_takes_only_the_resume_options_and_a_stop_after_ahead(tmp_path: P
 
     # the options a resume takes come from the invocation (RESUME_OPTIONS, one list) ...
     given = TrainConfig(stop_after=2, checkpoint_every=0.5, quiet=False, lr=9.0)
-    cfg, state = resolve_run(given, out)
-    assert state is not None and state["epoch"] == 1
+    cfg, resumed = resolve_run(given, out)
+    assert resumed is not None and resumed.state is not None and resumed.state["epoch"] == 1
     for k in RESUME_OPTIONS:
         assert getattr(cfg, k) == getattr(given, k), k
     assert cfg.lr == 0.1  # ... and the rest from the run

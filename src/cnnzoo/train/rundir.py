@@ -149,6 +149,16 @@ def read_config(run: Path) -> dict[str, Any]:
     return cfg
 
 
+def requested_part(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The configuration as asked for, from a config.json's contents (read from ``path``), which
+    a resume rebuilds; a config.json written before cnnzoo kept it apart gives its used values,
+    as resumes then did."""
+    requested = config.get(REQUESTED_KEY, config)
+    if not isinstance(requested, dict):
+        raise UserError(f"{path} is not a cnnzoo run configuration")
+    return requested
+
+
 def truncate_jsonl(path: Path, last_epoch: int) -> None:
     """Keep the rows of a per-epoch JSON-lines file up to ``last_epoch`` (the resume point)."""
     if path.is_file():
@@ -202,13 +212,8 @@ class RunDir:
         return read_config(self.path)
 
     def requested_config(self) -> dict[str, Any]:
-        """The configuration as asked for, which a resume rebuilds; a config.json written
-        before cnnzoo kept it apart gives its used values, as resumes then did."""
-        cfg = self.config()
-        requested = cfg.get(REQUESTED_KEY, cfg)
-        if not isinstance(requested, dict):
-            raise UserError(f"{self.file('config.json')} is not a cnnzoo run configuration")
-        return requested
+        """The configuration as asked for (``requested_part``)."""
+        return requested_part(self.config(), self.file("config.json"))
 
     def summary(self) -> dict[str, Any] | None:
         """summary.json, or None while the run has not finished."""

@@ -25,7 +25,7 @@ from cnnzoo.train.config import RESUME_OPTIONS, RESUME_WHEN_GIVEN, TrainConfig
 from cnnzoo.train.ema import EMA
 from cnnzoo.train.lookahead import Lookahead
 from cnnzoo.train.muon import Muon
-from cnnzoo.train.rundir import RunDir
+from cnnzoo.train.rundir import RunDir, requested_part
 from cnnzoo.train.runtime import (
     DistInfo,
     PrecisionChoice,
@@ -41,29 +41,30 @@ from cnnzoo.train.runtime import (
 RESERVED_MODEL_KWARGS = frozenset({"num_classes", "pretrained", "weights"})
 
 
-def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dict | None]:
-    """The run's configuration (a copy: the caller's stays as given) and, when resuming from a
-    checkpoint, its saved state. A resumed run keeps the configuration it was asked for
-    (last.pt's, or config.json's for a run killed before its first checkpoint, which starts
-    over); only ``RESUME_OPTIONS`` belong to this invocation."""
-    cfg, state = dataclasses.replace(cfg), None
+@dataclass(frozen=True)
+class Resumed:
+    """What ``--resume`` found in a run directory: ``state``, last.pt (None for a run killed
+    before its first checkpoint, which starts over); ``recorded``, its config.json as written
+    (the values used, ``data_md5`` among them; empty where there is none); ``from_run``, the
+    ``RESUME_WHEN_GIVEN`` fields this command left out, which keep the run's own values."""
+
+    path: Path
+    state: dict | None
+    recorded: dict[str, Any]
+    from_run: frozenset[str]
+
+
+def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, Resumed | None]:
+    """The run's configuration (a copy: the caller's stays as given) and, when resuming, what
+    the run directory holds. A resumed run keeps the configuration it was asked for (last.pt's,
+    or config.json's for a run killed before its first checkpoint); ``RESUME_OPTIONS`` belong to
+    this invocation, and ``RESUME_WHEN_GIVEN`` to it where given."""
+    cfg, resumed = dataclasses.replace(cfg), None
     if resume is not None:
-        run = RunDir(resume)
-        if run.killed_before_first_checkpoint():
-            saved = TrainConfig.from_dict(run.requested_config())
-        else:
-            state = ckpt_io.load_checkpoint(resume / "last.pt")
-            saved = TrainConfig.from_dict(state["config"])
-        saved.out = str(resume)
-        for name in RESUME_OPTIONS:
-            setattr(saved, name, getattr(cfg, name))
-        for name in RESUME_WHEN_GIVEN:
-            if getattr(cfg, name) is not None:
-                setattr(saved, name, getattr(cfg, name))
-        cfg = saved
+        cfg, resumed = _resumed_config(cfg, resume)
     cfg.data = absolute_data(cfg.data)  # as the run records it: eval and resume find it anywhere
     cfg.validate()
-    done = int(state["epoch"]) if state is not None else 0
+    done = int(resumed.state["epoch"]) if resumed is not None and resumed.state else 0
     if cfg.stop_after is not None and cfg.stop_after <= done:  # it would train nothing
         raise UserError(
             f"--stop-after {cfg.stop_after}: {resume} has already finished epoch {done}; "
@@ -82,22 +83,39 @@ def resolve_run(cfg: TrainConfig, resume: Path | None) -> tuple[TrainConfig, dic
     except ValueError as err:
         raise UserError(f"--model-kwargs: {err}") from None
     _check_image_size(net, cfg)
-    return cfg, state
+    return cfg, resumed
 
 
-def check_resumed_data(resume: Path, state: dict | None, data: Dataset) -> None:
+def _resumed_config(given: TrainConfig, resume: Path) -> tuple[TrainConfig, Resumed]:
+    run = RunDir(resume)
+    path = run.file("config.json")
+    recorded = run.config() if path.is_file() else {}
+    if run.killed_before_first_checkpoint():
+        state, saved = None, TrainConfig.from_dict(requested_part(recorded, path))
+    else:
+        state = ckpt_io.load_checkpoint(resume / "last.pt")
+        saved = TrainConfig.from_dict(state["config"])
+    saved.out = str(resume)
+    for name in RESUME_OPTIONS:
+        setattr(saved, name, getattr(given, name))
+    from_run = frozenset(n for n in RESUME_WHEN_GIVEN if getattr(given, n) is None)
+    for name in set(RESUME_WHEN_GIVEN) - from_run:
+        setattr(saved, name, getattr(given, name))
+    return saved, Resumed(resume, state, recorded, from_run)
+
+
+def check_resumed_data(resumed: Resumed, data: Dataset) -> None:
     """A resumed run continues on the data it trained on: ``--data`` may name a copy moved
     elsewhere, not other data (the archive's md5, where the run recorded one, and the classes
     of its last checkpoint must match; a run killed before that checkpoint starts over)."""
-    run = RunDir(resume)
-    recorded = run.config().get("data_md5") if run.file("config.json").is_file() else None
+    recorded = resumed.recorded.get("data_md5")
     if recorded and data.md5 and data.md5 != recorded:
         raise UserError(
-            f"{data.source} is not the data {resume} trained on (archive md5 {data.md5}, the "
-            f"run's {recorded}); pass --data PATH to a copy of that archive"
+            f"{data.source} is not the data {resumed.path} trained on (archive md5 {data.md5}, "
+            f"the run's {recorded}); pass --data PATH to a copy of that archive"
         )
-    if state is not None:
-        ckpt_io.check_classes(state, data.classes)
+    if resumed.state is not None:
+        ckpt_io.check_classes(resumed.state, data.classes)
 
 
 def _check_image_size(net: nn.Module, cfg: TrainConfig) -> None:

@@ -77,14 +77,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> RunResul
 
 
 def _train(cfg: TrainConfig, resume: Path | None, closers: list[Any]) -> RunResult:
-    stored_data = resume is not None and cfg.data is None  # the run's own path, not one typed
-    cfg, saved = resolve_run(cfg, resume)
+    cfg, resumed = resolve_run(cfg, resume)
+    saved = resumed.state if resumed is not None else None
     rt = setup_runtime(cfg)
-    out = prepare_out_dir(Path(cfg.out), rt.dist, resuming=resume is not None)
+    out = prepare_out_dir(Path(cfg.out), rt.dist, resuming=resumed is not None)
     quiet = cfg.quiet or not rt.dist.is_main
+    stored_data = resumed is not None and "data" in resumed.from_run  # no typo to blame
     data = load_dataset(cfg.dataset, cfg.data, quiet, cfg.image_size, saved=stored_data)
-    if resume is not None:
-        check_resumed_data(resume, saved, data)
+    if resumed is not None:
+        check_resumed_data(resumed, data)
     loaders = build_loaders(cfg, data, rt)
     model = build_model(cfg, data, loaders, rt, fresh=saved is None)
     optim = build_optim(cfg, model, rt)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -166,6 +167,34 @@ def test_a_relative_data_path_is_recorded_absolute(
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(["eval", str(out / "best.pt"), "--no-tta"], capsys)
     assert code == 0, err
+
+
+def test_the_reuse_check_takes_a_copy_of_the_archive_as_the_same_data(
+    tmp_path, small_cifar
+) -> None:
+    """compare/degradation reuse a finished run when --data names a copy of the archive it
+    trained on (the md5 config.json recorded), and refuse another archive under any path."""
+    from cnnzoo.analysis.compare import check_same_experiment
+    from cnnzoo.errors import UserError
+    from cnnzoo.train.rundir import RunDir
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    archive = fake_cifar10(tmp_path / "a" / "cifar-10-python.tar.gz", n_train=100, n_test=20)
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="resnet20", data=str(archive), val=0, batch_size=50, epochs=1,
+                      precision="fp32", quiet=True, out=str(out))  # fmt: skip
+    train(cfg)
+    copy = tmp_path / "b" / "cifar-10-python.tar.gz"
+    shutil.copyfile(archive, copy)
+    check_same_experiment(RunDir(out), dataclasses.replace(cfg, data=str(copy)))
+    check_same_experiment(RunDir(out), dataclasses.replace(cfg, data=str(copy.parent)))
+    other = make_fake_cifar_tar(tmp_path / "c" / "cifar-10-python.tar.gz", images_per_batch=20)
+    with pytest.raises(UserError, match=f"data '{archive}' there, '{other}' asked"):
+        check_same_experiment(RunDir(out), dataclasses.replace(cfg, data=str(other)))
+    archive.unlink()  # a path that holds nothing now is not the run's data either
+    with pytest.raises(UserError, match="another configuration"):
+        check_same_experiment(RunDir(out), dataclasses.replace(cfg, data=str(tmp_path / "a")))
 
 
 def test_metrics_read_for_a_resume_drop_a_torn_last_row(tmp_path: Path) -> None:

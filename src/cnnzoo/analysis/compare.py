@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnzoo.data.cifar import absolute_data
+from cnnzoo.data.cifar import absolute_data, data_md5
 from cnnzoo.errors import UserError
 from cnnzoo.models.registry import split_depth
 from cnnzoo.train.rundir import REQUESTED_KEY, RunDir, write_json, write_text_atomic
@@ -137,6 +137,8 @@ def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
         have = stored.get(name, defaults[name])
         if name == "data":  # recorded absolute (an older run as typed, read from this folder)
             have, want = absolute_data(have), absolute_data(want)
+            if have != want and _same_archive(found, cfg.dataset, want):
+                continue  # the archive moved or copied: the same data under another path
         if have != want:
             diffs.append(f"{name} {have!r} there, {want!r} asked")
     if diffs:
@@ -144,6 +146,12 @@ def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
             f"{found.path} was trained with another configuration ({'; '.join(diffs)}); "
             "give another --out, or remove that run to train it again"
         )
+
+
+def _same_archive(found: RunDir, dataset: str, data: str | None) -> bool:
+    """``data`` holds the archive ``found`` trained on: the md5 its config.json recorded."""
+    recorded = found.config().get("data_md5")
+    return bool(recorded) and data_md5(dataset, data) == recorded
 
 
 def group_runs(runs: Iterable[Run]) -> dict[str, list[Run]]:

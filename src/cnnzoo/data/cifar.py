@@ -160,6 +160,16 @@ def local_source(spec: Spec, root: Path) -> Path | None:
     return None
 
 
+def data_md5(name: str, data: str | os.PathLike | None) -> str | None:
+    """The md5 of the archive that ``data`` (None: the download folder) holds for dataset
+    ``name``, found as a load would find it but not decoded; None where it holds no archive (an
+    extracted folder, an image folder, generated data, nothing)."""
+    if is_synthetic(data) or name not in DATASETS:
+        return None
+    source = local_source(DATASETS[name], Path(data) if data is not None else default_root())
+    return archive_md5(source) if source is not None else None
+
+
 def _find_source(spec: Spec, data: Path | None, quiet: bool, saved: bool = False) -> Path:
     """An archive file or an extracted folder holding the batch files."""
     explicit = data is not None

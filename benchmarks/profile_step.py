@@ -103,6 +103,7 @@ def profile_steps(args, model, batches, optimizer, criterion, amp) -> dict[str, 
         wall = time.perf_counter() - start
     by_cat: dict[str, float] = collections.defaultdict(float)
     by_conv: dict[str, float] = collections.defaultdict(float)
+    by_other: dict[str, float] = collections.defaultdict(float)  # what "other" is made of
     data_us = 0.0
     for ev in prof.key_averages(group_by_input_shape=True):
         if ev.key == "data":
@@ -110,6 +111,8 @@ def profile_steps(args, model, batches, optimizer, criterion, amp) -> dict[str, 
             continue
         cat = category(ev.key)
         by_cat[cat or "other"] += ev.self_cpu_time_total
+        if cat is None:
+            by_other[ev.key] += ev.self_cpu_time_total
         if cat and cat.startswith("conv"):
             shape = str(ev.input_shapes[0]) if ev.input_shapes else "?"
             by_conv[f"{cat} {shape}"] += ev.self_cpu_time_total
@@ -124,6 +127,9 @@ def profile_steps(args, model, batches, optimizer, criterion, amp) -> dict[str, 
         print(f"  {cat:<16} {us / total:6.1%}  {us / 1e6 / args.steps * 1e3:7.1f} ms/step")
     print("  convolutions by input shape (share of all op time):")
     for key, us in sorted(by_conv.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {key:<48} {us / total:6.1%}")
+    print("  the largest uncategorised ops (the data path's own among them):")
+    for key, us in sorted(by_other.items(), key=lambda kv: -kv[1])[:8]:
         print(f"    {key:<48} {us / total:6.1%}")
     return {cat: us / 1e6 / args.steps for cat, us in by_cat.items()}
 

@@ -39,6 +39,8 @@ def test_profile_step_splits_a_step_into_categories(capsys: pytest.CaptureFixtur
     ]
     assert abs(sum(shares) - 100) < 1.0, out  # every op's time lands in exactly one category
     assert "conv backward" in out and "data path" in out and "evaluation" in out
+    other = out.split("the largest uncategorised ops")[1].split("\n\n")[0].splitlines()[1:]
+    assert other and all(mod.category(line.split()[0]) is None for line in other), out
 
 
 def test_eval_speed_prints_each_variant_against_the_first(capsys: pytest.CaptureFixture) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -190,7 +191,7 @@ def test_the_reuse_check_takes_a_copy_of_the_archive_as_the_same_data(
     check_same_experiment(RunDir(out), dataclasses.replace(cfg, data=str(copy)))
     check_same_experiment(RunDir(out), dataclasses.replace(cfg, data=str(copy.parent)))
     other = make_fake_cifar_tar(tmp_path / "c" / "cifar-10-python.tar.gz", images_per_batch=20)
-    with pytest.raises(UserError, match=f"data '{archive}' there, '{other}' asked"):
+    with pytest.raises(UserError, match=re.escape(f"data '{archive}' there, '{other}' asked")):
         check_same_experiment(RunDir(out), dataclasses.replace(cfg, data=str(other)))
     archive.unlink()  # a path that holds nothing now is not the run's data either
     with pytest.raises(UserError, match="another configuration"):

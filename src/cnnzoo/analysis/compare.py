@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 from cnnzoo.data.cifar import absolute_data, data_md5
 from cnnzoo.errors import UserError
 from cnnzoo.models.registry import split_depth
-from cnnzoo.train.rundir import REQUESTED_KEY, RunDir, write_json, write_text_atomic
+from cnnzoo.train.rundir import (
+    REQUESTED_KEY,
+    RunDir,
+    requested_part,
+    write_json,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:
     from cnnzoo.train.config import TrainConfig
@@ -125,8 +131,9 @@ def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
 def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
     """``UserError`` naming every field where the run in ``found`` differs from ``cfg`` (the
     configuration asked for now): reusing it would report another experiment's numbers."""
-    stored, defaults = found.requested_config(), experiment_fields(type(cfg)())
-    old_format = REQUESTED_KEY not in found.config()
+    recorded = found.config()  # read once: the values used, and the asked-for part in it
+    stored = requested_part(recorded, found.file("config.json"))
+    defaults, old_format = experiment_fields(type(cfg)()), REQUESTED_KEY not in recorded
     diffs = []
     for name, want in experiment_fields(cfg).items():
         # a config.json older than its "requested" part holds the validation images actually
@@ -137,8 +144,9 @@ def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
         have = stored.get(name, defaults[name])
         if name == "data":  # recorded absolute (an older run as typed, read from this folder)
             have, want = absolute_data(have), absolute_data(want)
-            if have != want and _same_archive(found, cfg.dataset, want):
-                continue  # the archive moved or copied: the same data under another path
+            md5 = recorded.get("data_md5")  # the archive moved or copied: the same data
+            if have != want and md5 and data_md5(cfg.dataset, want) == md5:
+                continue
         if have != want:
             diffs.append(f"{name} {have!r} there, {want!r} asked")
     if diffs:
@@ -146,12 +154,6 @@ def check_same_experiment(found: RunDir, cfg: TrainConfig) -> None:
             f"{found.path} was trained with another configuration ({'; '.join(diffs)}); "
             "give another --out, or remove that run to train it again"
         )
-
-
-def _same_archive(found: RunDir, dataset: str, data: str | None) -> bool:
-    """``data`` holds the archive ``found`` trained on: the md5 its config.json recorded."""
-    recorded = found.config().get("data_md5")
-    return bool(recorded) and data_md5(dataset, data) == recorded
 
 
 def group_runs(runs: Iterable[Run]) -> dict[str, list[Run]]:

@@ -211,10 +211,6 @@ class RunDir:
         configuration)."""
         return read_config(self.path)
 
-    def requested_config(self) -> dict[str, Any]:
-        """The configuration as asked for (``requested_part``)."""
-        return requested_part(self.config(), self.file("config.json"))
-
     def summary(self) -> dict[str, Any] | None:
         """summary.json, or None while the run has not finished."""
         path = self.file("summary.json")

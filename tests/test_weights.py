@@ -102,12 +102,31 @@ def test_something_is_shipped_within_the_size_budget() -> None:
     assert listed == {p.name for p in W.WEIGHTS_DIR.glob("*.safetensors")}
 
 
+def test_list_models_pretrained_names_the_shipped_ones(tmp_path, monkeypatch, capsys) -> None:
+    assert cnnzoo.list_models(pretrained=True) == sorted({name for name, _ in SHIPPED})
+    entry = {"cifar10": {"file": "x.safetensors", "sha256": "0" * 64}}
+    listing = tmp_path / "manifest.json"  # a listing with a name the registry does not know
+    listing.write_text(json.dumps({"vgg11": entry, "resnet20": entry, "nonesuch": entry}))
+    monkeypatch.setattr(W, "MANIFEST", listing)
+    assert cnnzoo.list_models(pretrained=True) == ["resnet20", "vgg11"]
+    assert cnnzoo.list_models("vgg*", pretrained=True) == ["vgg11"]
+    code, out, _ = run_main(["models", "--pretrained", "--format", "json"], capsys)
+    assert code == 0 and [r["name"] for r in json.loads(out)] == ["resnet20", "vgg11"]
+    code, _, err = run_main(["models", "plain*", "--pretrained"], capsys)
+    assert code == 2 and "no model with shipped weights" in assert_one_error_line(err)
+
+
 @pytest.mark.parametrize(("name", "tag"), SHIPPED)
 def test_shipped_weights_load_with_their_metadata(name: str, tag: str) -> None:
     model = cnnzoo.create_model(name, weights=tag)
     meta = model.pretrained_cfg
-    for key in ("recipe", "command", "data", "data_md5", "test_acc", "run_val_acc", "classes"):
+    for key in ("recipe", "command", "data", "data_md5", "test_acc", "classes"):
         assert meta.get(key) not in (None, ""), key
+    # chosen on a validation split, or (a run without one, as `fast` trains) its final weights
+    if meta["run_val_acc"] is None:
+        assert meta["best_epoch"] == meta["epochs"]
+    else:
+        assert 0.1 < meta["run_val_acc"] <= 1.0
     assert meta["num_classes"] == len(meta["classes"]) == 10
     assert 0.5 < meta["test_acc"] <= 1.0
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

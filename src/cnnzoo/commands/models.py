@@ -1,4 +1,4 @@
-"""``cnnzoo models [PATTERN] [--format table|csv|json]``: the registered models."""
+"""``cnnzoo models [PATTERN] [--pretrained] [--format table|csv|json]``: the registered models."""
 
 from __future__ import annotations
 
@@ -14,25 +14,32 @@ FIELDS = ("name", "params", "flops", "depth", "year", "paper", "key_feature")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models with parameters and FLOPs")
     p.add_argument("pattern", nargs="?", help="glob filter, e.g. 'resnet*'")
+    p.add_argument(
+        "--pretrained", action="store_true", help="only the models whose weights ship in cnnzoo"
+    )
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--plot", metavar="PNG", help="also draw a parameters/FLOPs bar chart")
     p.set_defaults(func=run)
 
 
-def model_rows(pattern: str | None = None, num_classes: int = 10) -> list[dict[str, Any]]:
-    """One row per model matching ``pattern`` (``cnnzoo.analysis.zoo.architecture_rows``)."""
+def model_rows(
+    pattern: str | None = None, num_classes: int = 10, pretrained: bool = False
+) -> list[dict[str, Any]]:
+    """One row per model matching ``pattern`` (``cnnzoo.analysis.zoo.architecture_rows``);
+    ``pretrained``: only those with shipped weights."""
     from cnnzoo.analysis.zoo import architecture_rows
     from cnnzoo.errors import UserError
     from cnnzoo.models import list_models
 
-    names = list_models(pattern)
+    names = list_models(pattern, pretrained=pretrained)
     if not names:
-        raise UserError(f"no model matches {pattern!r}")
+        which = "no model with shipped weights" if pretrained else "no model"
+        raise UserError(f"{which} matches {pattern or '*'!r}")
     return architecture_rows(names, num_classes)
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = model_rows(args.pattern)
+    rows = model_rows(args.pattern, pretrained=args.pretrained)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
         print()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from cnnzoo.errors import UnknownModelError
-from cnnzoo.models.weights import DEFAULT_TAG, resolve_weights
+from cnnzoo.models.weights import DEFAULT_TAG, manifest, resolve_weights
 
 Builder = Callable[..., nn.Module]
 
@@ -53,11 +53,16 @@ def register_model(
     return wrap
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered names, sorted; ``pattern`` is a glob such as ``'resnet*'``."""
+def list_models(pattern: str | None = None, *, pretrained: bool = False) -> list[str]:
+    """Registered names, sorted; ``pattern`` is a glob such as ``'resnet*'``; ``pretrained``
+    keeps the models whose weights ship in the package (``create_model(name, pretrained=True)``),
+    as ``timm.list_models(pretrained=True)``."""
     names = sorted(_REGISTRY, key=_natural_key)
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if pretrained:
+        shipped = manifest()
+        names = [n for n in names if n in shipped]
     return names
 
 

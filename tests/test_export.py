@@ -170,3 +170,23 @@ def test_an_exporter_failure_is_its_first_line(ckpt, tmp_path, monkeypatch, caps
     assert "ONNX export failed (opset" in line
     assert "Unsupported: aten::weird_op in opset 17" in line and "graph(" not in line
     assert not out.exists()
+
+
+def test_export_pretrained_writes_the_shipped_weights(tmp_path, capsys):
+    import cnnzoo
+
+    out = tmp_path / "r20.onnx"
+    code, stdout, err = run_main(
+        ["export", "resnet20", "--pretrained", "-o", str(out), "--data", "synthetic"], capsys
+    )
+    assert code == 0, err
+    assert "exported resnet20" in stdout
+    model = cnnzoo.create_model("resnet20", pretrained=True).eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(_run(out, x.numpy()) - want).max() < 1e-3  # the shipped weights, not fresh ones
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["cnnzoo.model"] == "resnet20" and "airplane" in props["cnnzoo.classes"]
+    code, _, err = run_main(["export", "vgg11", "--pretrained", "-o", str(out)], capsys)
+    assert code == 2 and "vgg11" in assert_one_error_line(err)  # nothing shipped for it

@@ -203,6 +203,21 @@ def test_predict_with_shipped_weights_names_cifar_classes(tmp_path, capsys) -> N
     assert {t["class"] for t in top} <= set(classes) and "airplane" in classes
 
 
+@pytest.mark.parametrize(("name", "tag"), SHIPPED)
+def test_shipped_weights_exported_again_keep_their_tta_views(name, tag, tmp_path, capsys) -> None:
+    """eval --pretrained measures with the views the shipped accuracy was measured with; a
+    copy made by `cnnzoo export NAME --pretrained` must say the same views."""
+    out = tmp_path / "copy.safetensors"
+    code, _, err = run_main(["export", name, "--pretrained", "-o", str(out)], capsys)
+    assert code == 0, err
+    shipped = cnnzoo.create_model(name, weights=tag).pretrained_cfg
+    copy = cnnzoo.create_model(name, weights=out).pretrained_cfg
+    # (a key an older file lacks reads as eval and predict read it: no grid, all images, 32 px)
+    unset = {"tta": False, "tta_shift": 0, "tta_grid": False, "tta_fraction": 1.0, "image_size": 32}
+    for key in ("tta", "tta_shift", "tta_grid", "tta_fraction", "image_size", "classes"):
+        assert copy[key] == shipped.get(key, unset.get(key)), key
+
+
 def test_image_size_travels_with_the_weights(tmp_path, capsys) -> None:
     """A 64-px run's exported weights were read back as 32 px (the metadata lacked the size):
     predict resized images to the wrong size."""

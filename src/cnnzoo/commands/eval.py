@@ -86,7 +86,7 @@ def evaluate_checkpoint(
         raise UserError("--batch-size must be at least 1")
     tta = tta or TTA()
     check_tta(tta.shift, tta.grid, tta.fraction)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.get("config", {})
     ds = load_dataset(
         cfg.get("dataset", "cifar10"),
@@ -190,12 +190,11 @@ def run(args: argparse.Namespace) -> int:
         from cnnzoo.inference.weights import pretrained_checkpoint
 
         source = pretrained_checkpoint(args.pretrained)
-        trained = source["pretrained"]
     else:
         from cnnzoo.train import load_checkpoint
 
         source = load_checkpoint(args.checkpoint)
-        trained = source.get("config") or {}
+    trained = source.get("config") or {}
     out = _output_folder(args)  # once the checkpoint is known good, before the evaluation
     # by default the views the run's own test accuracy (summary.json) was measured with
     args.tta = bool(trained.get("tta", False)) if args.tta is None else args.tta

@@ -23,9 +23,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "onnxruntime against PyTorch on random and real test images and is written only if "
         "the maximum absolute difference is within --atol (exit code 1 otherwise).",
     )
-    p.add_argument("checkpoint", help="a .pt file, or a run directory (uses its best.pt)")
+    p.add_argument(
+        "checkpoint",
+        help="a .pt file, or a run directory (uses its best.pt); with --pretrained a model name",
+    )
     p.add_argument(
         "-o", "--output", required=True, metavar="FILE", help="the .onnx or .safetensors file"
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="CHECKPOINT names a model: export its shipped CIFAR-10 weights (`cnnzoo export "
+        "resnet20 --pretrained -o resnet20.onnx`)",
     )
     p.add_argument("--half", action="store_true", help="safetensors: store floats as fp16")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"default {DEFAULT_OPSET}")
@@ -42,17 +51,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    source = args.checkpoint
+    if args.pretrained:
+        from cnnzoo.inference.weights import pretrained_checkpoint
+
+        source = pretrained_checkpoint(args.checkpoint)
     if args.output.endswith(".safetensors"):
         from cnnzoo.inference.weights import export_safetensors
 
-        path, sha = export_safetensors(args.checkpoint, args.output, half=args.half)
+        path, sha = export_safetensors(source, args.output, half=args.half)
         print(f"wrote {path} ({'fp16' if args.half else 'fp32'}, sha256 {sha})")
         return 0
     from cnnzoo.inference.export import ExportMismatch, export_onnx
 
     try:
         r = export_onnx(
-            args.checkpoint,
+            source,
             args.output,
             opset=args.opset,
             include_normalization=args.include_normalization,

@@ -90,7 +90,7 @@ def _require_onnx():
 
 
 def export_onnx(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | dict[str, Any],
     out: str | os.PathLike,
     opset: int = DEFAULT_OPSET,
     include_normalization: bool = False,

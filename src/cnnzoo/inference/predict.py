@@ -41,7 +41,7 @@ class Predictor:
         from cnnzoo.train import load_checkpoint, model_from_checkpoint
         from cnnzoo.train.runtime import resolve_device
 
-        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        ckpt = load_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.model = model_from_checkpoint(ckpt).to(self.device)
         self.num_classes = int(ckpt["num_classes"])

@@ -31,6 +31,9 @@ def output_file(out: str | os.PathLike, suffix: str) -> Path:
     return out
 
 
+TTA_KEYS = ("tta", "tta_shift", "tta_grid", "tta_fraction")  # as in TrainConfig
+
+
 def weights_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a weights file says about itself, read from a training checkpoint."""
     cfg = ckpt.get("config") or {}
@@ -55,7 +58,7 @@ def weights_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_safetensors(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | dict[str, Any],
     out: str | os.PathLike,
     half: bool = False,
     extra: dict[str, Any] | None = None,
@@ -72,7 +75,8 @@ def export_safetensors(
 
 
 def pretrained_checkpoint(name: str, weights: str = "cifar10") -> dict[str, Any]:
-    """Shipped (or file) weights in the shape of a training checkpoint, for eval and predict."""
+    """Shipped (or file) weights in the shape of a training checkpoint, for eval, predict and
+    export."""
     model_info(name)  # an unknown name is named as such, not as missing weights
     state, meta = resolve_weights(name, weights)
     return {
@@ -83,8 +87,13 @@ def pretrained_checkpoint(name: str, weights: str = "cifar10") -> dict[str, Any]
         "mean": meta.get("mean"),
         "std": meta.get("std"),
         "model": state,
-        # what eval and predict read from a run's config; files written before image_size
-        # was recorded are CIFAR's 32 px (checkpoint_image_size's default)
-        "config": {"dataset": meta.get("dataset", "cifar10"), "image_size": meta.get("image_size")},
+        # what eval, predict and export read from a run's config (the TTA views its accuracy
+        # was measured with among them); files written before image_size was recorded are
+        # CIFAR's 32 px (checkpoint_image_size's default)
+        "config": {
+            "dataset": meta.get("dataset", "cifar10"),
+            "image_size": meta.get("image_size"),
+            **{k: meta[k] for k in TTA_KEYS if k in meta},
+        },
         "pretrained": meta,
     }

@@ -39,8 +39,12 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         f.write(buf.getbuffer())
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a cnnzoo checkpoint safely: tensors and plain containers only, never code."""
+def load_checkpoint(path: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """Load a cnnzoo checkpoint safely: tensors and plain containers only, never code. A dict
+    is a checkpoint already in memory (shipped weights, ``pretrained_checkpoint``), returned as
+    it is, so that eval, predict and export take either."""
+    if isinstance(path, dict):
+        return path
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
